@@ -1,0 +1,47 @@
+# `make test` and `make demo` are the whole set-up on a fresh machine: each creates .venv and
+# installs the project into it when needed (torch 2.14.1 / torchvision 0.29.1 come from the
+# machine's local wheels when present).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-fast lint format demo base-model bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "setuptools>=77,<81" wheel
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -q -ra
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/python -m finetune demo --output runs/demo
+
+# Rebuilds the committed base model (finetune/assets/base-model) from random init.
+base-model: $(STAMP)
+	$(BIN)/python -m finetune base-model --output finetune/assets/base-model
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_flow.py
+	$(BIN)/python benchmarks/bench_encoders.py
+
+clean:
+	rm -rf runs/demo .pytest_cache

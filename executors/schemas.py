@@ -1,0 +1,40 @@
+"""The docarray (v2) documents that every executor of the search Flow takes and returns.
+
+One schema end to end keeps the Flow simple: the text encoder fills `embedding` for docs with
+`text`, the image encoder for docs with an image (`blob`, `tensor` or `uri`), and the indexer
+stores or searches them. A document that cannot be processed gets `error` set (and no
+embedding) instead of failing the request, so the good documents beside it go through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from docarray import BaseDoc, DocList
+from docarray.typing import NdArray
+
+
+class Match(BaseDoc):
+    """One search hit: the stored fields of an indexed document and its cosine score."""
+
+    score: float = 0.0
+    uri: str | None = None
+    text: str | None = None
+    tags: dict[str, Any] = {}
+
+
+class SearchDoc(BaseDoc):
+    text: str | None = None
+    uri: str | None = None
+    blob: bytes | None = None
+    tensor: NdArray | None = None
+    embedding: NdArray | None = None
+    tags: dict[str, Any] = {}
+    matches: DocList[Match] = DocList[Match]()
+    error: str | None = None
+
+
+class StatusDoc(BaseDoc):
+    """Answer of `/status` and summary of `/delete`: counts and index parameters."""
+
+    info: dict[str, Any] = {}
