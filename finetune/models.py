@@ -165,20 +165,16 @@ def create_clip(spec: str | os.PathLike, device: str | torch.device = "cpu") -> 
 
 def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> CLIPBundle:
     """Rebuild the full CLIP saved by `finetune fit` from its two tower folders."""
-    from finetune.towers import read_tower_state  # towers imports this module
-
     run_dir = Path(run_dir)
     cfg = read_json(run_dir / RUN_CONFIG)
     model_cfg = cfg["model_cfg"]
     ensure_registered(cfg["model_name"], model_cfg)
     model = build_model(model_cfg)
-    text_prefix = "text." if hasattr(model, "text") else ""
-    state = {f"{text_prefix}{k}": v for k, v in read_tower_state(run_dir / TEXT_TOWER).items()}
-    state.update({f"visual.{k}": v for k, v in read_tower_state(run_dir / VISION_TOWER).items()})
-    state["logit_scale"] = torch.tensor(cfg["logit_scale"]).reshape(model.logit_scale.shape)
-    if getattr(model, "logit_bias", None) is not None:
-        state["logit_bias"] = torch.tensor(cfg["logit_bias"]).reshape(model.logit_bias.shape)
-    model.load_state_dict(state, strict=True)
+    load_towers_into(model, run_dir)
+    with torch.no_grad():
+        model.logit_scale.fill_(cfg["logit_scale"])
+        if getattr(model, "logit_bias", None) is not None:
+            model.logit_bias.fill_(cfg["logit_bias"])
     model.to(device)
     open_clip.set_model_preprocess_cfg(model, cfg["preprocess_cfg"])
     return CLIPBundle(
@@ -189,6 +185,22 @@ def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> 
         preprocess_cfg=cfg["preprocess_cfg"],
         tokenizer=tokenizer_for(cfg["model_name"], model_cfg),
     )
+
+
+def load_towers_into(model: nn.Module, run_dir: str | os.PathLike) -> None:
+    """Load a run folder's text and vision tower weights into a full CLIP (not the temperature)."""
+    from finetune.towers import read_tower_state  # towers imports this module
+
+    prefix = "text." if hasattr(model, "text") else ""
+    state = {f"{prefix}{k}": v for k, v in read_tower_state(Path(run_dir) / TEXT_TOWER).items()}
+    state.update(
+        {f"visual.{k}": v for k, v in read_tower_state(Path(run_dir) / VISION_TOWER).items()}
+    )
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or not set(missing) <= {"logit_scale", "logit_bias"}:
+        raise ValueError(
+            f"{run_dir}: tower weights do not fit the model ({missing=}, {unexpected=})"
+        )
 
 
 def _jsonable(obj: Any) -> Any:

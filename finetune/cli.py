@@ -1,0 +1,211 @@
+"""`python -m finetune fit|eval|compare|sample-data|demo|base-model`: a thin layer over the API.
+
+The `fit` flags are generated from `FitConfig`'s fields, so the CLI and `finetune.fit(...)`
+always take the same names (`--learning-rate` is `learning_rate=`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from finetune.train import FitConfig
+
+FIT_HELP: dict[str, str] = {
+    "model": "open_clip model as NAME[#PRETRAINED]: ViT-B-32#openai, "
+    "ViT-B-32-quickgelu#laion400m_e32, ViT-Tiny-8 (random init), ViT-Tiny-8#CHECKPOINT_FILE, "
+    "or an earlier run folder. Pretrained tags download once (internet).",
+    "train_data": "training pairs: CSV (text,image in either order), open_clip CSV/TSV, "
+    "Flickr8k captions.txt, Karpathy JSON or COCO captions JSON",
+    "eval_data": "held-out pairs, evaluated (recall@k) before training and after each epoch",
+    "output": "run folder to write: config.json, metrics.jsonl, clip-text/, clip-vision/",
+    "epochs": "passes over the training data",
+    "batch_size": "GLOBAL batch size (split across torchrun processes); the contrastive "
+    "loss uses all of it as negatives",
+    "learning_rate": "peak learning rate (1e-6 suits pretrained ViT-B; small models from "
+    "scratch want ~1e-4 to 1e-3)",
+    "loss": "training loss",
+    "optimizer": "adam or adamw",
+    "weight_decay": "decoupled weight decay with adamw (not on gains, biases, embeddings)",
+    "schedule": "learning-rate schedule after warmup: constant or cosine (to zero)",
+    "warmup_steps": "linear warmup steps",
+    "grad_accum_steps": "optimizer step every N micro-batches of batch-size/N (each "
+    "micro-batch is its own contrastive batch)",
+    "grad_clip_norm": "clip the global gradient norm to this value",
+    "precision": "fp32, amp (fp16 autocast + loss scaling, for GPUs) or bf16 (autocast)",
+    "device": "auto (cuda if available), cpu or cuda",
+    "workers": "DataLoader worker processes (default: min(4, cores-1))",
+    "seed": "random seed: same seed, data and settings => same run",
+    "augment": "use open_clip's training augmentation (random resized crop)",
+    "lock_image": "freeze the image tower (LiT)",
+    "lock_image_unlocked_groups": "with --lock-image: leave the last N layer groups trainable",
+    "lock_text": "freeze the text tower",
+    "lock_text_unlocked_layers": "with --lock-text: leave the last N layers trainable",
+    "eval_every": "evaluate every N epochs (and after the last)",
+    "recall_k": "k values for recall@k",
+    "monitor": "metric that picks the best epoch (saved as the artifact)",
+    "early_stopping_patience": "stop after N evaluations without improvement of --monitor",
+    "resume": "continue an interrupted run from its folder (its checkpoint.pt)",
+    "wise_ft": "WiSE-FT: interpolate the final weights with the starting ones, "
+    "theta = (1-a)*start + a*finetuned",
+    "max_steps": "stop after this many optimizer steps (quick trials)",
+    "format": "data format: auto, csv, openclip-csv, flickr8k, karpathy, coco",
+    "image_root": "folder that relative image paths resolve against (default: the data "
+    "file's folder)",
+    "split": "Karpathy split of --train-data (train includes restval)",
+    "eval_split": "Karpathy split of --eval-data (default test)",
+    "prompt": 'wrap every caption, e.g. "This is a photo of {}"',
+    "csv_img_key": "open_clip CSV: image column (default filepath)",
+    "csv_caption_key": "open_clip CSV: caption column (default title)",
+    "csv_separator": "open_clip CSV: separator (default tab for .tsv, else comma)",
+    "max_bad_fraction": "stop if more than this fraction of rows is unusable (missing or "
+    "corrupt image, empty caption)",
+    "max_pairs": "use only the first N pairs (quick trials)",
+    "save_dtype": "tower weights dtype on disk: float32 or float16 (half the size)",
+    "progress": "progress bars",
+}
+
+CHOICES = {
+    "optimizer": ("adam", "adamw"),
+    "schedule": ("constant", "cosine"),
+    "precision": ("fp32", "amp", "bf16"),
+    "device": ("auto", "cpu", "cuda"),
+    "format": ("auto", "csv", "openclip-csv", "flickr8k", "karpathy", "coco"),
+    "save_dtype": ("float32", "float16"),
+}
+
+EXAMPLES = """examples:
+  # fine-tune OpenAI's ViT-B-32 on your CSV of text,image pairs (the seed's defaults)
+  python -m finetune fit --model ViT-B-32#openai --train-data pairs.csv --eval-data test.csv \\
+      --output runs/mine
+  # the same on 2 processes (CPU: gloo, GPU: nccl)
+  torchrun --nproc_per_node 2 -m finetune fit --model ViT-B-32#openai --train-data pairs.csv
+  # evaluate any model or run on any supported data
+  python -m finetune eval --model runs/mine --data test.csv --recall-k 1 5 10
+"""
+
+
+def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = FitConfig()
+    for f in dataclasses.fields(FitConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = FIT_HELP.get(f.name, "")
+        if f.name == "progress":
+            parser.add_argument(
+                "--no-progress", dest="progress", action="store_false", help="no progress bars"
+            )
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", help=help_text)
+        elif f.name == "recall_k":
+            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=help_text)
+        else:
+            kind = _field_type(f.name, default)
+            if default not in (None, ""):
+                help_text += f" (default: {default})"
+            parser.add_argument(
+                flag,
+                type=kind,
+                default=default,
+                choices=CHOICES.get(f.name),
+                required=f.name == "train_data",
+                metavar=None if f.name in CHOICES else f.name.upper(),
+                help=help_text,
+            )
+
+
+def _field_type(name: str, default: Any) -> type:
+    if name in ("learning_rate", "weight_decay", "grad_clip_norm", "wise_ft", "max_bad_fraction"):
+        return float
+    if name in ("workers", "early_stopping_patience", "max_steps", "max_pairs") or isinstance(
+        default, int
+    ):
+        return int
+    return str
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune",
+        description="Fine-tune open_clip CLIP models on your own image-caption pairs, locally.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    fit = sub.add_parser(
+        "fit",
+        help="fine-tune a CLIP and write its two towers",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_fit_arguments(fit)
+
+    ev = sub.add_parser("eval", help="retrieval recall@k of a model or run on a data file")
+    ev.add_argument("--model", required=True, help="run folder, tower folder or NAME[#PRETRAINED]")
+    ev.add_argument("--data", required=True, help="any data file `fit` reads")
+    ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
+    ev.add_argument("--format", default="auto", choices=CHOICES["format"])
+    ev.add_argument("--split", default=None, help="Karpathy split (default: all)")
+    ev.add_argument("--image-root", default=None)
+    ev.add_argument("--prompt", default=None)
+    ev.add_argument("--device", default="auto", choices=CHOICES["device"])
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        # Bad input is the user's to fix: say what is wrong without a traceback.
+        logging.getLogger("finetune").debug("error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_fit(args: argparse.Namespace) -> int:
+    from finetune.train import fit
+
+    fields = {f.name for f in dataclasses.fields(FitConfig)}
+    run = fit(**{k: v for k, v in vars(args).items() if k in fields})
+    print(json.dumps({"output": str(run.output), "best": run.best, "steps": run.steps}, indent=2))
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from finetune.api import evaluate
+
+    metrics = evaluate(
+        args.model,
+        args.data,
+        recall_k=args.recall_k,
+        device=args.device,
+        batch_size=args.batch_size,
+        format=args.format,
+        split=args.split,
+        image_root=args.image_root,
+        prompt=args.prompt,
+    )
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+COMMANDS = {"fit": _run_fit, "eval": _run_eval}

@@ -1,0 +1,92 @@
+"""Embed an evaluation set with a CLIP and score text<->image retrieval on it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from finetune.data import PairSet
+from finetune.images import load_image
+from finetune.metrics import retrieval_metrics
+
+DEFAULT_RECALL_K = (1, 5, 10)
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[str], preprocess: Callable):
+        self.paths, self.preprocess = list(paths), preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(load_image(self.paths[i]))
+
+
+@torch.inference_mode()
+def embed_images(
+    model: nn.Module,
+    paths: Sequence[str],
+    preprocess: Callable,
+    device: torch.device,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> np.ndarray:
+    loader = DataLoader(_ImageFiles(paths, preprocess), batch_size=batch_size, num_workers=workers)
+    chunks = [
+        model.encode_image(batch.to(device), normalize=True).float().cpu()
+        for batch in tqdm(loader, desc="embed images", disable=not progress, leave=False)
+    ]
+    return torch.cat(chunks).numpy()
+
+
+@torch.inference_mode()
+def embed_texts(
+    model: nn.Module,
+    texts: Sequence[str],
+    tokenizer: Callable,
+    device: torch.device,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> np.ndarray:
+    chunks = []
+    starts = range(0, len(texts), batch_size)
+    for start in tqdm(starts, desc="embed texts", disable=not progress, leave=False):
+        tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
+        chunks.append(model.encode_text(tokens, normalize=True).float().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: PairSet,
+    preprocess: Callable,
+    tokenizer: Callable,
+    device: torch.device | str = "cpu",
+    recall_k: Sequence[int] = DEFAULT_RECALL_K,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Recall@k both ways on `data` (several captions per image are grouped by image)."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    images, captions, text_to_image = data.retrieval_view()
+    image_emb = embed_images(model, images, preprocess, device, batch_size, workers, progress)
+    text_emb = embed_texts(model, captions, tokenizer, device, progress=progress)
+    model.train(was_training)
+    metrics = retrieval_metrics(image_emb, text_emb, text_to_image, recall_k)
+    metrics.update(n_images=len(images), n_texts=len(captions))
+    return metrics
+
+
+def default_workers() -> int:
+    return min(4, max(0, (os.cpu_count() or 1) - 1))

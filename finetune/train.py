@@ -1,0 +1,551 @@
+"""The fine-tuning loop: CLIP contrastive loss on image-caption pairs, both towers (or one).
+
+Read top to bottom: set up (distributed, model, data, optimiser), train epochs with periodic
+evaluation, keep the best weights, write the two towers. Works on CPU and GPU, and under
+`torchrun --nproc_per_node N -m finetune fit ...` (gloo on CPU, nccl on GPU), where the batch
+size is the global batch and negatives come from the whole global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from finetune.data import PairDataset, PairSet, load_pairs
+from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_model
+from finetune.loss import create_loss
+from finetune.models import RUN_CONFIG, CLIPBundle, create_clip, load_towers_into
+from finetune.towers import save_towers
+
+log = logging.getLogger("finetune")
+
+CHECKPOINT = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+# CLIP clamps its temperature so logits stay below 100 (as in the CLIP paper and open_clip).
+MAX_LOGIT_SCALE = math.log(100)
+
+
+@dataclass
+class FitConfig:
+    """Every option of `fit`; the CLI's flags carry the same names."""
+
+    model: str = "ViT-B-32#openai"
+    train_data: str = ""
+    eval_data: str | None = None
+    output: str = "runs/finetune"
+    epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 1e-6
+    loss: str = "CLIPLoss"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_accum_steps: int = 1
+    grad_clip_norm: float | None = None
+    precision: str = "fp32"
+    device: str = "auto"
+    workers: int | None = None
+    seed: int = 0
+    augment: bool = False
+    lock_image: bool = False
+    lock_image_unlocked_groups: int = 0
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    eval_every: int = 1
+    recall_k: tuple[int, ...] = DEFAULT_RECALL_K
+    monitor: str = "image_retrieval_recall@5"
+    early_stopping_patience: int | None = None
+    resume: str | None = None
+    wise_ft: float | None = None
+    max_steps: int | None = None
+    # data-format options, passed to finetune.data.load_pairs for train and eval data
+    format: str = "auto"
+    image_root: str | None = None
+    split: str | None = None
+    eval_split: str | None = None
+    prompt: str | None = None
+    csv_img_key: str | None = None
+    csv_caption_key: str | None = None
+    csv_separator: str | None = None
+    max_bad_fraction: float = 0.05
+    max_pairs: int | None = None
+    save_dtype: str = "float32"
+    progress: bool = True
+
+    def validate(self) -> None:
+        choices = {
+            "optimizer": ("adam", "adamw"),
+            "schedule": ("constant", "cosine"),
+            "precision": ("fp32", "amp", "bf16"),
+            "device": ("auto", "cpu", "cuda"),
+            "save_dtype": ("float32", "float16"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not self.train_data:
+            raise ValueError("train_data is required: a CSV / TSV / captions.txt / JSON file")
+        positive = ("epochs", "batch_size", "grad_accum_steps", "eval_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.wise_ft is not None and not 0.0 <= self.wise_ft <= 1.0:
+            raise ValueError(f"wise_ft must be in [0, 1], got {self.wise_ft}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+
+@dataclass
+class Run:
+    """What `fit` returns: where the artifact is and what was measured."""
+
+    output: Path
+    config: dict[str, Any]
+    train_loss: list[float] = field(default_factory=list)
+    eval_metrics: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    steps: int = 0
+    samples_per_second: float = 0.0
+
+    @property
+    def text_tower(self) -> Path:
+        return self.output / "clip-text"
+
+    @property
+    def vision_tower(self) -> Path:
+        return self.output / "clip-vision"
+
+    @property
+    def final_metrics(self) -> dict[str, Any] | None:
+        return self.eval_metrics[-1] if self.eval_metrics else None
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> _Dist:
+    """Join the process group torchrun set up (if any) and pick this process's device."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return _Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if not use_cuda:
+        # Several processes share the CPU cores: don't oversubscribe them.
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    return _Dist(
+        rank=dist.get_rank(),
+        world_size=world_size,
+        local_rank=local_rank,
+        device=torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"),
+    )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: FitConfig, path: str, split: str | None) -> PairSet:
+    pairs = load_pairs(
+        path,
+        format=cfg.format,
+        image_root=cfg.image_root,
+        split=split,
+        prompt=cfg.prompt,
+        csv_img_key=cfg.csv_img_key,
+        csv_caption_key=cfg.csv_caption_key,
+        csv_separator=cfg.csv_separator,
+        max_bad_fraction=cfg.max_bad_fraction,
+        log=log,
+    )
+    if cfg.max_pairs is not None:
+        pairs.pairs = pairs.pairs[: cfg.max_pairs]
+    return pairs
+
+
+def lr_at(step: int, total_steps: int, cfg: FitConfig) -> float:
+    """Linear warmup, then constant or cosine decay to zero."""
+    if step < cfg.warmup_steps:
+        return cfg.learning_rate * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "cosine":
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        return 0.5 * cfg.learning_rate * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.learning_rate
+
+
+def make_optimizer(model: torch.nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
+    # As CLIP does: no weight decay on gains, biases, embeddings and the temperature.
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exclude = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bn" in name
+        (no_decay if exclude else decay).append(p)
+    groups = [
+        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": cfg.weight_decay},
+    ]
+    optimizer_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return optimizer_cls(groups, lr=cfg.learning_rate)
+
+
+def lock_towers(model: torch.nn.Module, cfg: FitConfig) -> None:
+    """LiT-style: freeze a tower, optionally keeping its last N groups/layers trainable."""
+    if cfg.lock_image:
+        model.lock_image_tower(unlocked_groups=cfg.lock_image_unlocked_groups)
+    if cfg.lock_text:
+        model.lock_text_tower(unlocked_layers=cfg.lock_text_unlocked_layers)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("both towers and the temperature are locked: nothing to train")
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.float16 if precision == "amp" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class MetricsLog:
+    """Appends one JSON object per line to metrics.jsonl (main process only)."""
+
+    def __init__(self, path: Path | None):
+        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+
+
+def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
+    """Fine-tune a CLIP on image-caption pairs and write its two towers to `output`.
+
+    Pass a `FitConfig` or its fields as keyword arguments, e.g.
+    `fit(model="ViT-B-32#openai", train_data="pairs.csv", eval_data="test.csv", epochs=5)`.
+    """
+    cfg = dataclasses.replace(config, **kwargs) if config else FitConfig(**kwargs)
+    cfg.recall_k = tuple(cfg.recall_k)
+    cfg.validate()
+    env = setup_distributed(cfg.device)
+    if cfg.batch_size % env.world_size:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} is the global batch and must divide evenly over "
+            f"{env.world_size} processes"
+        )
+    out = Path(cfg.resume or cfg.output)
+    seed_everything(cfg.seed)
+
+    # --- model, data, optimiser ------------------------------------------------------------
+    bundle = create_clip(cfg.model, device=env.device)
+    model = bundle.model
+    initial_state = copy.deepcopy(model.state_dict()) if cfg.wise_ft is not None else None
+    lock_towers(model, cfg)
+    train_set = load_data(cfg, cfg.train_data, cfg.split)
+    eval_set = load_data(cfg, cfg.eval_data, cfg.eval_split or "test") if cfg.eval_data else None
+    workers = default_workers() if cfg.workers is None else cfg.workers
+    dataset = PairDataset(train_set.pairs, bundle.preprocess(train=cfg.augment), bundle.tokenizer)
+    # One sampler for 1 or N processes: the union of the N per-rank batches of step k is the
+    # single-process batch of step k, so results don't depend on the number of processes.
+    sampler = DistributedSampler(
+        dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size // env.world_size // cfg.grad_accum_steps or 1,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=env.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    optimizer = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "amp")
+    loss_fn = create_loss(cfg.loss)
+    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+
+    run = Run(output=out, config=_run_config(cfg, bundle, env))
+    start_epoch, step, patience_left = 0, 0, cfg.early_stopping_patience
+    if cfg.resume:
+        start_epoch, step, run.best, patience_left = _load_checkpoint(
+            out / CHECKPOINT, model, optimizer, scaler
+        )
+        log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
+    ddp_model = (
+        DistributedDataParallel(
+            model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
+        )
+        if env.world_size > 1
+        else model
+    )
+    metrics_log = MetricsLog(out / METRICS_FILE if env.is_main else None)
+    if env.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        _write_json(out / RUN_CONFIG, run.config)
+        log.info(
+            "training %s on %d pairs (%d images), %d epochs = %d steps, global batch %d, %s x%d",
+            bundle.spec,
+            len(train_set.pairs),
+            len(train_set.images()),
+            cfg.epochs,
+            total_steps,
+            cfg.batch_size,
+            env.device,
+            env.world_size,
+        )
+
+    def evaluate(epoch: int) -> dict[str, Any]:
+        metrics = evaluate_model(
+            model,
+            eval_set,
+            bundle.preprocess(),
+            bundle.tokenizer,
+            env.device,
+            cfg.recall_k,
+            workers=workers,
+            progress=cfg.progress,
+        )
+        record = {"type": "eval", "epoch": epoch, "step": step, **metrics}
+        run.eval_metrics.append(record)
+        metrics_log.write(record)
+        return record
+
+    if eval_set is not None and env.is_main and start_epoch == 0:
+        log.info("zero-shot: %s", _fmt(evaluate(0), cfg))
+
+    # --- train ------------------------------------------------------------------------------
+    samples_seen, train_time = 0, 0.0
+    stop = False
+    for epoch in range(start_epoch, cfg.epochs):
+        sampler.set_epoch(epoch)
+        model.train()
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            disable=not (cfg.progress and env.is_main),
+            dynamic_ncols=True,
+        )
+        tick = time.perf_counter()
+        for i, (images, texts) in enumerate(loader):
+            images = images.to(env.device, non_blocking=True)
+            texts = texts.to(env.device, non_blocking=True)
+            last_micro = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == len(loader)
+            lr = lr_at(step, total_steps, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            sync = nullcontext() if last_micro or env.world_size == 1 else ddp_model.no_sync()
+            with sync:
+                with autocast_for(cfg.precision, env.device):
+                    image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
+                    loss = loss_fn(image_features, text_features, logit_scale)
+                scaler.scale(loss / cfg.grad_accum_steps).backward()
+            if not last_micro:
+                continue
+            if cfg.grad_clip_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            step += 1
+            now = time.perf_counter()
+            batch_samples = len(images) * env.world_size * cfg.grad_accum_steps
+            samples_seen += batch_samples
+            train_time += now - tick
+            record = {
+                "type": "train",
+                "epoch": epoch + 1,
+                "step": step,
+                "loss": loss.item(),
+                "lr": lr,
+                "samples_per_s": batch_samples / max(now - tick, 1e-9),
+                "logit_scale": model.logit_scale.exp().item(),
+            }
+            tick = now
+            run.train_loss.append(record["loss"])
+            metrics_log.write(record)
+            bar.set_postfix(
+                loss=f"{record['loss']:.4f}",
+                lr=f"{lr:.2e}",
+                samples_s=f"{samples_seen / max(train_time, 1e-9):.1f}",
+            )
+            bar.update()
+            if step >= total_steps:
+                break
+        bar.close()
+
+        # --- evaluate, keep the best, early-stop ---------------------------------------------
+        last_epoch = epoch + 1 == cfg.epochs or step >= total_steps
+        if env.is_main:
+            if eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
+                record = evaluate(epoch + 1)
+                log.info("epoch %d: %s", epoch + 1, _fmt(record, cfg))
+                if run.best is None or record[cfg.monitor] > run.best[cfg.monitor]:
+                    run.best = record
+                    patience_left = cfg.early_stopping_patience
+                    save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
+                elif patience_left is not None:
+                    patience_left -= 1
+                    stop = patience_left <= 0
+                    if stop:
+                        log.info("early stopping: %s did not improve", cfg.monitor)
+            elif eval_set is None:
+                save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
+            _save_checkpoint(
+                out / CHECKPOINT, model, optimizer, scaler, epoch + 1, step, run.best, patience_left
+            )
+        stop = _broadcast_flag(stop or last_epoch, env)
+        if stop:
+            break
+
+    # --- finish: best weights, optional WiSE-FT, the artifact -------------------------------
+    if env.is_main:
+        if run.best is not None:
+            load_towers_into(model, out)
+        if initial_state is not None:
+            _wise_ft(model, initial_state, cfg.wise_ft)
+            save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
+            if eval_set is not None:
+                record = evaluate(-1)
+                record["wise_ft"] = cfg.wise_ft
+                log.info("WiSE-FT alpha=%s: %s", cfg.wise_ft, _fmt(record, cfg))
+        run.steps = step
+        run.samples_per_second = samples_seen / max(train_time, 1e-9)
+        run.config.update(
+            logit_scale=model.logit_scale.item(),
+            logit_bias=_item_or_none(getattr(model, "logit_bias", None)),
+            steps=step,
+            best=run.best,
+            samples_per_second=run.samples_per_second,
+        )
+        _write_json(out / RUN_CONFIG, run.config)
+        log.info("wrote %s and %s", run.text_tower, run.vision_tower)
+    metrics_log.close()
+    if env.world_size > 1:
+        dist.barrier()
+    return run
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _run_config(cfg: FitConfig, bundle: CLIPBundle, env: _Dist) -> dict[str, Any]:
+    return {
+        "model": bundle.spec,
+        "model_name": bundle.model_name,
+        "pretrained": bundle.pretrained,
+        "model_cfg": bundle.model_cfg,
+        "preprocess_cfg": bundle.preprocess_cfg,
+        "logit_scale": bundle.model.logit_scale.item(),
+        "logit_bias": None,
+        "world_size": env.world_size,
+        "fit": dataclasses.asdict(cfg),
+        "towers": {"text": "clip-text", "vision": "clip-vision"},
+    }
+
+
+def _fmt(record: dict[str, Any], cfg: FitConfig) -> str:
+    keys = [f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in cfg.recall_k]
+    return ", ".join(f"{k.replace('_retrieval_recall', '_R')}={record[k]:.3f}" for k in keys)
+
+
+def _item_or_none(t: torch.Tensor | None) -> float | None:
+    return None if t is None else t.item()
+
+
+def _dtype(name: str) -> torch.dtype:
+    return torch.float16 if name == "float16" else torch.float32
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(path, model, optimizer, scaler, epoch, step, best, patience_left) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "best": best,
+            "patience_left": patience_left,
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, model, optimizer, scaler):
+    if not path.is_file():
+        raise FileNotFoundError(f"cannot resume: {path} not found (is this a `finetune fit` run?)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    return ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["patience_left"]
+
+
+def _wise_ft(model: torch.nn.Module, initial_state: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT: theta = (1 - alpha) * theta_start + alpha * theta_finetuned."""
+    state = model.state_dict()
+    for key, value in state.items():
+        if value.is_floating_point():
+            state[key] = (1 - alpha) * initial_state[key].to(value.device) + alpha * value
+    model.load_state_dict(state)
+
+
+def _broadcast_flag(flag: bool, env: _Dist) -> bool:
+    if env.world_size == 1:
+        return flag
+    t = torch.tensor([int(flag)], device=env.device)
+    dist.broadcast(t, src=0)
+    return bool(t.item())
