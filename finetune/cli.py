@@ -90,9 +90,11 @@ EXAMPLES = """examples:
 """
 
 
-def _add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_fit_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     defaults = FitConfig()
     for f in dataclasses.fields(FitConfig):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = FIT_HELP.get(f.name, "")
@@ -158,16 +160,52 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto", choices=CHOICES["device"])
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
+
+    cmp = sub.add_parser(
+        "compare",
+        help="zero-shot vs fine-tuned table for models x datasets (the seed's experiment)",
+        description="For each model and dataset: evaluate zero-shot on the test split, fine-tune "
+        "on the train split, evaluate again. Writes report.md, report.json and report.png.",
+    )
+    cmp.add_argument("--models", nargs="+", required=True, help="NAME[#PRETRAINED] or run folders")
+    cmp.add_argument(
+        "--datasets",
+        nargs="+",
+        required=True,
+        help="NAME=PATH: a folder (captions_train.txt+captions_test.txt, dataset_*.json, COCO "
+        "annotations/) or a Karpathy JSON; coco uses a 100k-pair train subset",
+    )
+    cmp.add_argument(
+        "--output", default="runs/compare", help="report folder (default: runs/compare)"
+    )
+    _add_fit_arguments(cmp, exclude=COMPARE_OWN)
+
+    sd = sub.add_parser("sample-data", help="generate the offline sample domains (Flickr8k layout)")
+    sd.add_argument("--domain", choices=("generic", "target"), required=True)
+    sd.add_argument("--n", type=int, default=1000, help="number of images (5 captions each)")
+    sd.add_argument("--out", required=True, help="output folder")
+    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--test-fraction", type=float, default=0.2)
+
+    demo = sub.add_parser("demo", help="offline demo: zero-shot vs fine-tuned, report, search")
+    demo.add_argument("--output", default="runs/demo")
+    demo.add_argument("--no-search", dest="search", action="store_false", help="skip the Flow")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+
+    base = sub.add_parser("base-model", help="rebuild the committed base model from random init")
+    base.add_argument("--output", default=None, help="default: finetune/assets/base-model")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our progress at INFO; other libraries (open_clip logs every step of model creation) quieter.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    logging.getLogger("finetune").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
@@ -208,4 +246,49 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"fit": _run_fit, "eval": _run_eval}
+def _run_compare(args: argparse.Namespace) -> int:
+    from finetune.compare import compare
+    from finetune.report import to_markdown
+
+    fields = {f.name for f in dataclasses.fields(FitConfig)} - set(COMPARE_OWN)
+    fit_config = FitConfig(train_data="-", **{k: v for k, v in vars(args).items() if k in fields})
+    rows = compare(args.models, args.datasets, args.output, fit_config, recall_k=args.recall_k)
+    print(to_markdown(rows))
+    print(f"report: {Path(args.output) / 'report.md'}")
+    return 0
+
+
+def _run_sample_data(args: argparse.Namespace) -> int:
+    from finetune.sample_data import generate_sample_data
+
+    info = generate_sample_data(
+        args.domain, args.n, args.out, seed=args.seed, test_fraction=args.test_fraction
+    )
+    print(info)
+    return 0
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from finetune.demo import run_demo
+
+    run_demo(args.output, search=args.search, progress=args.progress)
+    return 0
+
+
+def _run_base_model(args: argparse.Namespace) -> int:
+    from finetune.demo import build_base_model
+    from finetune.models import BASE_MODEL_DIR
+
+    print(build_base_model(args.output or BASE_MODEL_DIR))
+    return 0
+
+
+COMPARE_OWN = ("model", "train_data", "eval_data", "output", "resume", "split", "eval_split")
+COMMANDS = {
+    "fit": _run_fit,
+    "eval": _run_eval,
+    "compare": _run_compare,
+    "sample-data": _run_sample_data,
+    "demo": _run_demo,
+    "base-model": _run_base_model,
+}

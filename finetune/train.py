@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from finetune.data import PairDataset, PairSet, load_pairs
+from finetune.data import PairDataset, PairSet, detect_format, load_pairs
 from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_model
 from finetune.loss import create_loss
 from finetune.models import RUN_CONFIG, CLIPBundle, create_clip, load_towers_into
@@ -201,6 +201,14 @@ def load_data(cfg: FitConfig, path: str, split: str | None) -> PairSet:
     return pairs
 
 
+def _eval_split(cfg: FitConfig) -> str | None:
+    """Karpathy files hold every split: evaluate on `test` unless told otherwise."""
+    if cfg.eval_split:
+        return cfg.eval_split
+    fmt = cfg.format if cfg.format != "auto" else detect_format(cfg.eval_data)
+    return "test" if fmt == "karpathy" else None
+
+
 def lr_at(step: int, total_steps: int, cfg: FitConfig) -> float:
     """Linear warmup, then constant or cosine decay to zero."""
     if step < cfg.warmup_steps:
@@ -247,8 +255,8 @@ def autocast_for(precision: str, device: torch.device):
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (main process only)."""
 
-    def __init__(self, path: Path | None):
-        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+    def __init__(self, path: Path | None, append: bool = False):
+        self.file = open(path, "a" if append else "w", encoding="utf-8") if path else None
 
     def write(self, record: dict[str, Any]) -> None:
         if self.file:
@@ -284,7 +292,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     initial_state = copy.deepcopy(model.state_dict()) if cfg.wise_ft is not None else None
     lock_towers(model, cfg)
     train_set = load_data(cfg, cfg.train_data, cfg.split)
-    eval_set = load_data(cfg, cfg.eval_data, cfg.eval_split or "test") if cfg.eval_data else None
+    eval_set = load_data(cfg, cfg.eval_data, _eval_split(cfg)) if cfg.eval_data else None
     workers = default_workers() if cfg.workers is None else cfg.workers
     dataset = PairDataset(train_set.pairs, bundle.preprocess(train=cfg.augment), bundle.tokenizer)
     # One sampler for 1 or N processes: the union of the N per-rank batches of step k is the
@@ -320,9 +328,10 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         if env.world_size > 1
         else model
     )
-    metrics_log = MetricsLog(out / METRICS_FILE if env.is_main else None)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
+    metrics_log = MetricsLog(out / METRICS_FILE if env.is_main else None, append=bool(cfg.resume))
+    if env.is_main:
         _write_json(out / RUN_CONFIG, run.config)
         log.info(
             "training %s on %d pairs (%d images), %d epochs = %d steps, global batch %d, %s x%d",

@@ -1,0 +1,179 @@
+"""Zero-shot vs fine-tuned for models x datasets: the seed's experiment, as one command.
+
+    python -m finetune compare --models ViT-B-32#openai --datasets flickr8k=~/data/flickr8k
+
+runs, for each pair, evaluate (zero-shot) -> fit on the train split -> evaluate (fine-tuned),
+and writes the table, JSON and chart with `finetune.report`. The test split is never used to
+pick epochs or settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from finetune.data import detect_format, load_pairs
+from finetune.evaluate import evaluate_model
+from finetune.models import create_clip
+from finetune.report import make_row, write_report
+from finetune.train import FitConfig, fit
+
+log = logging.getLogger("finetune")
+
+# Per-dataset defaults of the seed's experiment (configuration as data).
+DATASET_PRESETS: dict[str, dict[str, Any]] = {
+    "coco": {"max_train_pairs": 100_000},
+}
+# Where the usual downloads keep their images, relative to the dataset folder.
+IMAGE_DIRS = ("Images", "images", "Flicker8k_Dataset", "Flickr8k_Dataset", "flickr30k-images", ".")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    train: str
+    test: str
+    train_split: str | None = None
+    test_split: str | None = None
+    image_root: str | None = None
+    max_train_pairs: int | None = None
+
+
+def resolve_dataset(arg: str) -> DatasetSpec:
+    """`NAME=PATH` -> train/test files. PATH is a folder or a Karpathy split JSON.
+
+    Folders may hold `captions_train.txt` + `captions_test.txt` (the sample-data layout),
+    `dataset_*.json` (Karpathy), `annotations/captions_{train,val}2014.json` (COCO, val is the
+    test side), or `train.csv` + `test.csv`.
+    """
+    name, sep, path_str = arg.partition("=")
+    if not sep or not name or not path_str:
+        raise ValueError(f"dataset {arg!r} must be written NAME=PATH, e.g. flickr8k=data/flickr8k")
+    path = Path(path_str).expanduser()
+    preset = DATASET_PRESETS.get(name.lower(), {})
+    if path.is_file():
+        if detect_format(path) != "karpathy":
+            raise ValueError(
+                f"{path}: a dataset file must be a Karpathy split JSON; else pass a folder"
+            )
+        return DatasetSpec(
+            name, str(path), str(path), "train", "test", _image_root(path.parent), **preset
+        )
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset {name}: {path} does not exist")
+    layouts = (
+        ("captions_train.txt", "captions_test.txt", None, None),
+        ("train.csv", "test.csv", None, None),
+        ("annotations/captions_train2014.json", "annotations/captions_val2014.json", None, None),
+    )
+    for train, test, train_split, test_split in layouts:
+        if (path / train).is_file() and (path / test).is_file():
+            image_root = None if train.endswith(".txt") or train.endswith(".csv") else str(path)
+            return DatasetSpec(
+                name,
+                str(path / train),
+                str(path / test),
+                train_split,
+                test_split,
+                image_root,
+                **preset,
+            )
+    karpathy = sorted(path.glob("dataset_*.json"))
+    if karpathy:
+        return DatasetSpec(
+            name, str(karpathy[0]), str(karpathy[0]), "train", "test", _image_root(path), **preset
+        )
+    raise ValueError(
+        f"dataset {name}: no known layout in {path} (looked for captions_train.txt + "
+        "captions_test.txt, train.csv + test.csv, dataset_*.json, annotations/captions_*2014.json)"
+    )
+
+
+def _image_root(folder: Path) -> str:
+    for sub in IMAGE_DIRS:
+        if (folder / sub).is_dir() and any((folder / sub).iterdir()):
+            return str((folder / sub).resolve())
+    return str(folder)
+
+
+def compare_one(
+    model: str,
+    dataset: DatasetSpec,
+    fit_config: FitConfig,
+    run_dir: str | os.PathLike,
+    recall_k: Sequence[int] = (1, 5, 10),
+    label: str | None = None,
+) -> dict[str, Any]:
+    """Zero-shot eval, fine-tune on the train side, eval again: one row of the table."""
+    data_options = {
+        "image_root": dataset.image_root,
+        "max_bad_fraction": fit_config.max_bad_fraction,
+    }
+    test = load_pairs(dataset.test, split=dataset.test_split, **data_options)
+
+    def score(model_spec: str) -> dict[str, Any]:
+        bundle = create_clip(model_spec, device=_device(fit_config.device))
+        device = next(bundle.model.parameters()).device
+        return evaluate_model(
+            bundle.model,
+            test,
+            bundle.preprocess(),
+            bundle.tokenizer,
+            device,
+            recall_k,
+            progress=fit_config.progress,
+        )
+
+    log.info(
+        "%s on %s: zero-shot evaluation on %d test captions", model, dataset.name, len(test.pairs)
+    )
+    zero_shot = score(model)
+    cfg = replace(
+        fit_config,
+        model=model,
+        train_data=dataset.train,
+        split=dataset.train_split,
+        image_root=dataset.image_root,
+        eval_data=None,
+        output=os.fspath(run_dir),
+        max_pairs=dataset.max_train_pairs or fit_config.max_pairs,
+    )
+    run = fit(cfg)
+    fine_tuned = score(os.fspath(run.output))
+    return make_row(label or model, dataset.name, zero_shot, fine_tuned)
+
+
+def compare(
+    models: Sequence[str],
+    datasets: Sequence[str],
+    output: str | os.PathLike,
+    fit_config: FitConfig | None = None,
+    recall_k: Sequence[int] = (1, 5, 10),
+) -> list[dict[str, Any]]:
+    """Every model x dataset; writes report.md/json/png to `output`, runs under output/runs/."""
+    fit_config = fit_config or FitConfig(train_data="-")
+    specs = [resolve_dataset(d) for d in datasets]
+    rows = []
+    for model in models:
+        for spec in specs:
+            run_dir = Path(output) / "runs" / f"{_slug(model)}-{_slug(spec.name)}"
+            rows.append(compare_one(model, spec, fit_config, run_dir, recall_k))
+            write_report(rows, output)  # after each row, so a long experiment shows progress
+    return rows
+
+
+def _slug(text: str) -> str:
+    return re.sub(
+        r"[^A-Za-z0-9._-]+", "_", os.path.basename(text.rstrip("/")) if os.sep in text else text
+    )
+
+
+def _device(device: str) -> str:
+    from finetune.api import resolve_device
+
+    return resolve_device(device)
