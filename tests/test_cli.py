@@ -1,0 +1,87 @@
+"""The CLI is a thin layer: `python -m finetune ...` end to end, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from finetune.cli import build_parser, main
+
+
+def _run(*args, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *args], capture_output=True, text=True, timeout=300, **kw
+    )
+
+
+def test_help_lists_commands_and_fit_flags_match_the_api():
+    help_text = build_parser().format_help()
+    for command in ("fit", "eval", "compare", "sample-data", "demo", "base-model"):
+        assert command in help_text
+    fit_help = _run("fit", "--help").stdout
+    for flag in (
+        "--model",
+        "--train-data",
+        "--eval-data",
+        "--epochs",
+        "--batch-size",
+        "--learning-rate",
+        "--output",
+        "--wise-ft",
+        "--resume",
+        "--lock-image",
+    ):
+        assert flag in fit_help
+
+
+@pytest.mark.slow
+def test_fit_then_eval_from_the_command_line(sample_dir, tmp_path):
+    out = tmp_path / "run"
+    fit = _run(
+        "fit",
+        "--model",
+        "ViT-Tiny-8",
+        "--train-data",
+        str(sample_dir.train_file),
+        "--output",
+        str(out),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "1e-3",
+        "--workers",
+        "0",
+        "--no-progress",
+    )
+    assert fit.returncode == 0, fit.stderr
+    assert (out / "clip-text" / "model.safetensors").is_file()
+    metrics_file = tmp_path / "m.json"
+    ev = _run(
+        "eval",
+        "--model",
+        str(out),
+        "--data",
+        str(sample_dir.test_file),
+        "--recall-k",
+        "1",
+        "5",
+        "--output",
+        str(metrics_file),
+    )
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads(metrics_file.read_text())
+    assert set(metrics) >= {"image_retrieval_recall@1", "text_retrieval_recall@5"}
+    assert 0.0 <= metrics["image_retrieval_recall@5"] <= 1.0
+
+
+def test_bad_input_exits_2_with_a_message_not_a_traceback(tmp_path, capsys):
+    code = main(["fit", "--model", "ViT-Tiny-8", "--train-data", str(tmp_path / "missing.csv")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "missing.csv" in err and "Traceback" not in err
+    assert main(["eval", "--model", "ViT-Nope-1", "--data", str(tmp_path / "x.csv")]) == 2
