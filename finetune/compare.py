@@ -9,6 +9,7 @@ pick epochs or settings.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -44,12 +45,13 @@ class DatasetSpec:
     max_train_pairs: int | None = None
 
 
-def resolve_dataset(arg: str) -> DatasetSpec:
+def resolve_dataset(arg: str, work_dir: str | os.PathLike = "runs/compare") -> DatasetSpec:
     """`NAME=PATH` -> train/test files. PATH is a folder or a Karpathy split JSON.
 
     Folders may hold `captions_train.txt` + `captions_test.txt` (the sample-data layout),
-    `dataset_*.json` (Karpathy), `annotations/captions_{train,val}2014.json` (COCO, val is the
-    test side), or `train.csv` + `test.csv`.
+    `train.csv` + `test.csv`, `annotations/captions_{train,val}2014.json` (COCO, val is the
+    test side), `dataset_*.json` (Karpathy), or only Kaggle's Flickr8k `captions.txt`, which is
+    split by image into `work_dir/splits/NAME/` (1000 test images, as Karpathy's split has).
     """
     name, sep, path_str = arg.partition("=")
     if not sep or not name or not path_str:
@@ -88,10 +90,39 @@ def resolve_dataset(arg: str) -> DatasetSpec:
         return DatasetSpec(
             name, str(karpathy[0]), str(karpathy[0]), "train", "test", _image_root(path), **preset
         )
+    if (path / "captions.txt").is_file():
+        train, test = split_by_image(path / "captions.txt", Path(work_dir) / "splits" / name)
+        return DatasetSpec(name, str(train), str(test), image_root=_image_root(path), **preset)
     raise ValueError(
         f"dataset {name}: no known layout in {path} (looked for captions_train.txt + "
-        "captions_test.txt, train.csv + test.csv, dataset_*.json, annotations/captions_*2014.json)"
+        "captions_test.txt, train.csv + test.csv, annotations/captions_*2014.json, "
+        "dataset_*.json, captions.txt)"
     )
+
+
+def split_by_image(
+    captions: Path, out_dir: Path, test_images: int = 1000, test_fraction: float = 0.2
+) -> tuple[Path, Path]:
+    """Split a Flickr8k `captions.txt` by image: the same split on every machine.
+
+    Images are ordered by a hash of their name; the first min(test_images, test_fraction of
+    all) go to test. Writes `captions_train.txt` and `captions_test.txt` (same format).
+    """
+    lines = captions.read_text(encoding="utf-8").splitlines()
+    header, rows = lines[0], [line for line in lines[1:] if line.strip()]
+    images = sorted({row.split(",", 1)[0] for row in rows}, key=_stable_hash)
+    n_test = min(test_images, max(1, int(len(images) * test_fraction)))
+    test_set = set(images[:n_test])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = out_dir / "captions_train.txt", out_dir / "captions_test.txt"
+    for path, keep in zip(paths, (False, True), strict=True):
+        chosen = [row for row in rows if (row.split(",", 1)[0] in test_set) == keep]
+        path.write_text("\n".join([header, *chosen]) + "\n", encoding="utf-8")
+    return paths
+
+
+def _stable_hash(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
 
 
 def _image_root(folder: Path) -> str:
@@ -157,7 +188,7 @@ def compare(
 ) -> list[dict[str, Any]]:
     """Every model x dataset; writes report.md/json/png to `output`, runs under output/runs/."""
     fit_config = fit_config or FitConfig(train_data="-")
-    specs = [resolve_dataset(d) for d in datasets]
+    specs = [resolve_dataset(d, output) for d in datasets]
     rows = []
     for model in models:
         for spec in specs:

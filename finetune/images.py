@@ -30,7 +30,8 @@ def load_image(
     """Open, check and fully decode an image into 8-bit RGB.
 
     `source` is a path, raw bytes, or a binary file object. Raises `ImageError` with a
-    message that names the problem.
+    message that names the problem. `max_pixels` can lower the size limit; PIL's own bomb
+    check (about 179 MP) still applies above it.
     """
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "<bytes>"
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -46,6 +47,7 @@ def load_image(
                     f"(refused as a possible decompression bomb)"
                 )
             img.load()
+            return to_rgb(img)
     except ImageError:
         raise
     except FileNotFoundError as e:
@@ -54,7 +56,6 @@ def load_image(
         raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from e
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
         raise ImageError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from e
-    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -35,6 +35,26 @@ def test_dataset_layouts(sample_dir, tmp_path):
         resolve_dataset(f"x={tmp_path}")
 
 
+def test_a_kaggle_flickr8k_folder_is_split_by_image(sample_dir, tmp_path):
+    """Only captions.txt + images/: split by image, the same way every time."""
+    from finetune.data import load_pairs
+
+    kaggle = tmp_path / "flickr8k"
+    kaggle.mkdir()
+    (kaggle / "captions.txt").write_text(sample_dir.captions_file.read_text())
+    (kaggle / "Images").symlink_to(sample_dir.images_dir)
+    spec = resolve_dataset(f"flickr8k={kaggle}", tmp_path / "a")
+    again = resolve_dataset(f"flickr8k={kaggle}", tmp_path / "b")
+    train, test = (
+        load_pairs(spec.train, image_root=spec.image_root),
+        load_pairs(spec.test, image_root=spec.image_root),
+    )
+    assert not set(train.images()) & set(test.images())
+    assert len(train.pairs) + len(test.pairs) == 5 * 24
+    assert len(test.images()) == int(24 * 0.2)
+    assert open(spec.test).read() == open(again.test).read()
+
+
 @pytest.mark.slow
 def test_compare_writes_the_seed_table(sample_dir, tmp_path):
     cfg = FitConfig(
