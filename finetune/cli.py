@@ -31,7 +31,7 @@ FIT_HELP: dict[str, str] = {
     "scratch want ~1e-4 to 1e-3)",
     "loss": "training loss",
     "optimizer": "adam or adamw",
-    "weight_decay": "decoupled weight decay with adamw (not on gains, biases, embeddings)",
+    "weight_decay": "decoupled weight decay with adamw (not on gains, biases, temperature)",
     "schedule": "learning-rate schedule after warmup: constant or cosine (to zero)",
     "warmup_steps": "linear warmup steps",
     "grad_accum_steps": "optimizer step every N micro-batches of batch-size/N (each "

@@ -75,7 +75,8 @@ def search_demo(run_dir: Path, data: Any, queries: int = 5, limit: int = 3) -> d
         )
         indexed = client.post("/index", docs, request_size=32, return_type=DocList[SearchDoc])
         errors = [d for d in indexed if d.error]
-        print(f"indexed {len(indexed) - len(errors)} held-out images over gRPC ({len(errors)} errors)")
+        n_ok = len(indexed) - len(errors)
+        print(f"indexed {n_ok} held-out images over gRPC ({len(errors)} errors)")
         # Every 5th caption is a different phrasing than the one stored with the image.
         picks = rows[1 :: max(1, len(rows) // queries)][:queries]
         correct = 0
@@ -94,4 +95,4 @@ def search_demo(run_dir: Path, data: Any, queries: int = 5, limit: int = 3) -> d
                 mark = "*" if m["id"] == image else " "
                 print(f"  {rank}. {mark} {m['score']:.3f}  {m['id']}  ({m.get('text')})")
     print(f"\nright image ranked first for {correct}/{len(picks)} queries; Flow shut down")
-    return {"queries": len(picks), "top1": correct, "indexed": len(indexed) - len(errors)}
+    return {"queries": len(picks), "top1": correct, "indexed": n_ok}

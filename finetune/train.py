@@ -220,12 +220,12 @@ def lr_at(step: int, total_steps: int, cfg: FitConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: FitConfig) -> torch.optim.Optimizer:
-    # As CLIP does: no weight decay on gains, biases, embeddings and the temperature.
+    # As CLIP and open_clip do: no weight decay on gains, biases and the temperature.
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        exclude = p.ndim < 2 or "embedding" in name or "logit_scale" in name or "bn" in name
+        exclude = p.ndim < 2 or "bias" in name or "logit_scale" in name or "ln" in name
         (no_decay if exclude else decay).append(p)
     groups = [
         {"params": no_decay, "weight_decay": 0.0},
