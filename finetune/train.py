@@ -377,21 +377,19 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
             dynamic_ncols=True,
         )
         tick = time.perf_counter()
+        micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i, (images, texts) in enumerate(loader):
-            images = images.to(env.device, non_blocking=True)
-            texts = texts.to(env.device, non_blocking=True)
-            last_micro = (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == len(loader)
+            micro_batches.append(
+                (images.to(env.device, non_blocking=True), texts.to(env.device, non_blocking=True))
+            )
+            if len(micro_batches) < cfg.grad_accum_steps and i + 1 < len(loader):
+                continue
             lr = lr_at(step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            sync = nullcontext() if last_micro or env.world_size == 1 else ddp_model.no_sync()
-            with sync:
-                with autocast_for(cfg.precision, env.device):
-                    image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
-                    loss = loss_fn(image_features, text_features, logit_scale)
-                scaler.scale(loss / cfg.grad_accum_steps).backward()
-            if not last_micro:
-                continue
+            loss = contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg, env)
+            batch_samples = sum(len(images) for images, _ in micro_batches) * env.world_size
+            micro_batches = []
             if cfg.grad_clip_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
@@ -402,7 +400,6 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
             step += 1
             now = time.perf_counter()
-            batch_samples = len(images) * env.world_size * cfg.grad_accum_steps
             samples_seen += batch_samples
             train_time += now - tick
             record = {
@@ -477,6 +474,50 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     if env.world_size > 1:
         dist.barrier()
     return run
+
+
+def contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg: FitConfig, env: _Dist):
+    """Backpropagate the contrastive loss of the whole (accumulated) batch; returns the loss.
+
+    With several micro-batches, the features of all of them are first computed without
+    gradients; then each micro-batch is run again with gradients and its fresh features are
+    spliced in among the cached ones, so every micro-batch's loss has the whole batch as
+    negatives (as open_clip's --accum-freq does). The per-micro-batch gradients sum to the
+    full-batch gradient, except for the temperature, which each pass sees whole.
+    """
+    amp = autocast_for(cfg.precision, env.device)
+    if len(micro_batches) == 1:
+        images, texts = micro_batches[0]
+        with amp:
+            image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+        scaler.scale(loss).backward()
+        return loss
+    with torch.no_grad(), amp:
+        cached = [ddp_model(images, texts)[:2] for images, texts in micro_batches]
+    for j, (images, texts) in enumerate(micro_batches):
+        last = j + 1 == len(micro_batches)
+        # gradients are all-reduced once, after the last micro-batch
+        sync = nullcontext() if last or env.world_size == 1 else ddp_model.no_sync()
+        with sync:
+            with amp:
+                image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
+                all_images = torch.cat(
+                    [image_features if k == j else c[0] for k, c in enumerate(cached)]
+                )
+                all_texts = torch.cat(
+                    [text_features if k == j else c[1] for k, c in enumerate(cached)]
+                )
+                loss = loss_fn(all_images, all_texts, logit_scale)
+            scaler.scale(loss).backward()
+    temperature = _unwrap(ddp_model).logit_scale
+    if temperature.grad is not None:
+        temperature.grad /= len(micro_batches)
+    return loss
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 # --- helpers ---------------------------------------------------------------------------------

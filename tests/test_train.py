@@ -186,8 +186,26 @@ def test_two_processes_match_one_process_on_the_same_global_batch(sample_dir, tm
     for a, b in zip(one, two, strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    _assert_same_weights(tmp_path / "one", tmp_path / "two")
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(sample_dir, tmp_path):
+    """grad_accum_steps=2 keeps the whole batch as negatives: same losses and weights."""
+    common = {**COMMON, "optimizer": "adamw", "learning_rate": 1e-3, "max_steps": 2}
+    one = fit(train_data=str(sample_dir.train_file), output=str(tmp_path / "one"), **common)
+    two = fit(
+        train_data=str(sample_dir.train_file),
+        output=str(tmp_path / "two"),
+        grad_accum_steps=2,
+        **common,
+    )
+    assert one.train_loss == pytest.approx(two.train_loss, rel=1e-5)
+    _assert_same_weights(one.output, two.output)
+
+
+def _assert_same_weights(run_a, run_b):
     for tower in ("clip-text", "clip-vision"):
-        w1, w2 = _tower_state(tmp_path / "one", tower), _tower_state(tmp_path / "two", tower)
+        w1, w2 = _tower_state(run_a, tower), _tower_state(run_b, tower)
         for key in w1:
             a, b = w1[key], w2[key]
             if key.endswith("in_proj_bias"):
