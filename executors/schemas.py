@@ -6,8 +6,8 @@ stores or searches them. A document that cannot be processed gets `error` set (a
 embedding) instead of failing the request, so the good documents beside it go through.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: Jina builds the gateway's schema from these
+# classes at start-up and needs real (not string) annotations.
 from typing import Any
 
 from docarray import BaseDoc, DocList
@@ -35,6 +35,6 @@ class SearchDoc(BaseDoc):
 
 
 class StatusDoc(BaseDoc):
-    """Answer of `/status` and summary of `/delete`: counts and index parameters."""
+    """Answer of `/status`: counts and index parameters."""
 
     info: dict[str, Any] = {}
