@@ -1,0 +1,1 @@
+"""Client of the text-to-image search service: `python -m client` and `client.api`."""

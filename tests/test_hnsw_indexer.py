@@ -274,11 +274,6 @@ def free_port() -> int:
 def test_sharded_flow_returns_the_global_top_k_over_grpc_and_http(tmp_path):
     from jina import Client, Flow
 
-    # Until executors/schemas.py drops `from __future__ import annotations`, Jina's endpoint
-    # discovery cannot rebuild SearchDoc and the Flow never gets ready; importing this module
-    # applies the team's workaround (inherited by the forked executor processes).
-    import executors.common  # noqa: F401
-
     polling = {
         "/index": "ANY",
         "/search": "ALL",

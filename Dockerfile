@@ -1,0 +1,40 @@
+# The search service (flow.yml) in a container. CPU by default:
+#
+#   docker build -t clip-search .
+#   docker run -p 51000:51000 -p 51001:51001 \
+#       -v "$PWD/runs:/app/runs:ro" -v "$PWD/workspace:/app/workspace" clip-search
+#
+# The towers are not baked in (runs/ is in .dockerignore): mount the run folder and point
+# TEXT_TOWER / VISION_TOWER at it (-e TEXT_TOWER=runs/shop/clip-text ...; defaults
+# runs/demo/clip-*); the index lives in the mounted workspace. Every flow.yml setting is an
+# environment variable (see flow.yml).
+#
+# GPU: a CUDA base image that has Python 3.11 and pip, and PyTorch's default (CUDA) wheels:
+#   docker build --build-arg BASE_IMAGE=<cuda image with python3.11> --build-arg TORCH_INDEX= .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+# CPU-only torch wheels (a fraction of the CUDA ones' size); empty = PyPI's default wheels.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+
+# The project's install step, as in the Makefile (without the dev extras), on a layer that
+# only the packaging files invalidate.
+COPY pyproject.toml constraints.txt README.md ./
+COPY finetune/ finetune/
+COPY executors/ executors/
+COPY client/ client/
+RUN pip install "setuptools>=77,<81" wheel \
+    && PIP_EXTRA_INDEX_URL="${TORCH_INDEX}" pip install -c constraints.txt -e .
+
+COPY . .
+RUN useradd --create-home --uid 1000 app && mkdir -p workspace runs && chown -R app workspace runs
+USER app
+
+EXPOSE 51000 51001
+CMD ["jina", "flow", "--uses", "flow.yml"]

@@ -1,0 +1,407 @@
+"""What the Flow costs: search latency and indexing throughput, Flow vs the same work in-process.
+
+    .venv/bin/python benchmarks/bench_flow.py                      # committed base model
+    .venv/bin/python benchmarks/bench_flow.py --tower runs/demo --images 512 --queries 300
+
+Side by side, in one run, on the same tower and the same kind of store:
+
+- text search latency, one query at a time: in-process (`TextTower.encode` + `HNSWStore.search`)
+  vs end to end through `jina flow --uses flow.yml` over gRPC (jina `Client`) and over HTTP
+  (`requests`, kept-alive session); p50 / p99, and the Flow's overhead at p50 (target <= 5 ms);
+- indexing throughput, images/s with the same batch size: the image encoder executor called
+  in-process (and the encoder plus the store's upsert) vs the Flow fed over gRPC by
+  `client.api.SearchClient.index` (streamed; target ratio >= 0.9).
+
+The machine is noisy (shared cores): each measurement is repeated `--rounds` times, in turns,
+and the medians are reported. Prints a markdown table and writes the numbers as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
+
+from finetune.models import BASE_MODEL_DIR  # noqa: E402
+
+# (result key, rounds key) of each search path, and its name in the table
+LATENCY_PATHS = (
+    ("in_process", "lat_in"),
+    ("grpc", "lat_grpc"),
+    ("grpc_channel", "lat_grpc_channel"),
+    ("http", "lat_http"),
+)
+LATENCY_NAMES = {
+    "in_process": "in-process encode + knn",
+    "grpc": "Flow, gRPC, jina Client (new channel per call)",
+    "grpc_channel": "Flow, gRPC, one kept-open channel",
+    "http": "Flow, HTTP, requests (kept-alive session)",
+}
+QUERY_WORDS = "red green blue small large dog cat car house tree person beach city night".split()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
+    """`n` random-content JPEGs (a real decode per image, like photos, just smaller)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        # smooth random colour fields: compress like photos, unlike pure noise
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = Image.fromarray(small).resize((size, size), Image.BICUBIC)
+        path = folder / f"{i:05d}.jpg"
+        img.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def queries(n: int, seed: int = 1) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(QUERY_WORDS, size=4)) for _ in range(n)]
+
+
+def percentiles(ms: list[float]) -> dict[str, float]:
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+
+
+# --- in-process -----------------------------------------------------------------------------
+
+
+class InProcess:
+    """The Flow's work without the Flow: the same encoders and the same store, one process."""
+
+    def __init__(self, tower: str, workspace: Path, threads: int):
+        from executors.encoders import CLIPImageEncoder
+        from executors.hnsw_store import HNSWStore
+        from finetune.towers import load_tower
+
+        self.image_encoder = CLIPImageEncoder(tower=tower, num_threads=threads)
+        self.text_tower = load_tower(tower, "clip-text")
+        self.store = HNSWStore(workspace)
+
+    def index_batches(self, paths: list[Path], batch: int, store: bool) -> float:
+        """images/s of the image encoder executor (plus the store's upsert if `store`)."""
+        from docarray import DocList
+
+        from executors.schemas import SearchDoc
+
+        start = time.perf_counter()
+        for i in range(0, len(paths), batch):
+            chunk = paths[i : i + batch]
+            docs = DocList[SearchDoc](
+                [SearchDoc(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
+            )
+            docs = self.image_encoder.encode(docs)
+            if store:
+                self.store.upsert(
+                    [d.id for d in docs], [d.embedding for d in docs], uri=[d.uri for d in docs]
+                )
+        return len(paths) / (time.perf_counter() - start)
+
+    def search_ms(self, texts: list[str], limit: int) -> list[float]:
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for text in texts:
+                start = time.perf_counter()
+                vector = self.text_tower.encode([text])
+                self.store.search(vector, limit=limit)
+                out.append((time.perf_counter() - start) * 1000)
+        return out
+
+
+# --- through the Flow ---------------------------------------------------------------------------
+
+
+class Served:
+    """`jina flow --uses flow.yml` in its own process group."""
+
+    def __init__(self, tower: str, workspace: Path, threads: int, log: Path):
+        self.grpc_port, self.http_port = free_port(), free_port()
+        env = {k: v for k, v in os.environ.items()}
+        env.update(
+            GRPC_PORT=str(self.grpc_port),
+            HTTP_PORT=str(self.http_port),
+            HOST="127.0.0.1",
+            WORKSPACE=str(workspace),
+            TEXT_TOWER=tower,  # a run folder serves both towers
+            VISION_TOWER=tower,
+            IMAGE_ROOTS="",
+            TORCH_THREADS=str(threads),
+        )
+        jina = str(Path(sys.executable).with_name("jina"))
+        with open(log, "ab") as f:
+            self.proc = subprocess.Popen(
+                [jina, "flow", "--uses", "flow.yml"],
+                cwd=REPO,
+                env=env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.log = log
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 300) -> None:
+        import requests
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Flow exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                if requests.post(f"{self.http}/status", json={"data": []}, timeout=5).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"the Flow did not start in {timeout} s")
+
+    @property
+    def grpc(self) -> str:
+        return f"grpc://127.0.0.1:{self.grpc_port}"
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def index(self, paths: list[Path], batch: int, prefix: str) -> float:
+        from client.api import IndexItem, SearchClient
+
+        items = [IndexItem(f"{prefix}{p.name}", str(p)) for p in paths]
+        start = time.perf_counter()
+        outcomes = SearchClient(self.grpc).index(items, batch_size=batch)
+        elapsed = time.perf_counter() - start
+        failed = [o for o in outcomes if o.error]
+        if failed:
+            raise RuntimeError(f"{len(failed)} images failed, e.g. {failed[0]}")
+        return len(paths) / elapsed
+
+    def search_grpc_ms(self, texts: list[str], limit: int) -> list[float]:
+        from docarray import DocList
+        from jina import Client
+
+        from executors.schemas import SearchDoc
+
+        client, out = Client(host=self.grpc), []
+        for text in texts:
+            start = time.perf_counter()
+            r = client.post(
+                "/search",
+                DocList[SearchDoc]([SearchDoc(text=text)]),
+                parameters={"limit": limit},
+                return_type=DocList[SearchDoc],
+            )
+            out.append((time.perf_counter() - start) * 1000)
+            assert r[0].error is None and r[0].matches
+        return out
+
+    def search_grpc_channel_ms(self, texts: list[str], limit: int) -> list[float]:
+        """gRPC on one kept-open channel: the Flow's own cost, without the jina Client's
+        per-call setup (it opens a new channel and event loop for every `post`)."""
+        import grpc
+        from docarray import DocList
+        from jina.proto import jina_pb2_grpc
+        from jina.types.request.data import DataRequest
+
+        from executors.schemas import SearchDoc
+
+        out = []
+        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
+            stub = jina_pb2_grpc.JinaSingleDataRequestRPCStub(channel)
+            for text in texts:
+                start = time.perf_counter()
+                request = DataRequest()
+                request.header.exec_endpoint = "/search"
+                request.document_array_cls = DocList[SearchDoc]
+                request.data.docs = DocList[SearchDoc]([SearchDoc(text=text)])
+                request.parameters = {"limit": limit}
+                response = stub.process_single_data(request)
+                response.document_array_cls = DocList[SearchDoc]
+                docs = response.docs
+                out.append((time.perf_counter() - start) * 1000)
+                assert docs[0].error is None and docs[0].matches
+        return out
+
+    def search_http_ms(self, texts: list[str], limit: int) -> list[float]:
+        import requests
+
+        session, out = requests.Session(), []
+        for text in texts:
+            start = time.perf_counter()
+            r = session.post(
+                f"{self.http}/search",
+                json={"data": [{"text": text}], "parameters": {"limit": limit}},
+                timeout=60,
+            )
+            out.append((time.perf_counter() - start) * 1000)
+            assert r.ok and r.json()["data"][0]["matches"]
+        return out
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            self.proc.wait(timeout=60)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tower", default=str(BASE_MODEL_DIR), help="run folder (both towers)")
+    p.add_argument("--images", type=int, default=256, help="images to index per round")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--queries", type=int, default=200, help="search queries per round and path")
+    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per encoder (both sides)")
+    p.add_argument("--json", default="runs/bench/bench_flow.json")
+    args = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        paths = make_images(tmp / "images", args.images, args.image_size)
+        texts = queries(args.queries)
+        local = InProcess(args.tower, tmp / "store", args.threads)
+        print(f"starting the Flow ({args.tower}) ...", file=sys.stderr)
+        served = Served(args.tower, tmp / "ws", args.threads, tmp / "flow.log")
+        rounds: dict[str, list] = {
+            k: []
+            for k in (
+                "inproc_enc",
+                "inproc_enc_store",
+                "flow_index",
+                "lat_in",
+                "lat_grpc",
+                "lat_grpc_channel",
+                "lat_http",
+            )
+        }
+        try:
+            # warm-up: first calls pay for lazy initialisation on both sides
+            local.index_batches(paths[: args.batch_size], args.batch_size, store=True)
+            served.index(paths[: args.batch_size], args.batch_size, prefix="warm-")
+            local.search_ms(texts[:10], args.limit)
+            served.search_grpc_ms(texts[:10], args.limit)
+            served.search_grpc_channel_ms(texts[:10], args.limit)
+            served.search_http_ms(texts[:10], args.limit)
+            for r in range(args.rounds):
+                print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+                rounds["inproc_enc"].append(
+                    local.index_batches(paths, args.batch_size, store=False)
+                )
+                rounds["inproc_enc_store"].append(
+                    local.index_batches(paths, args.batch_size, store=True)
+                )
+                rounds["flow_index"].append(served.index(paths, args.batch_size, prefix=f"r{r}-"))
+                rounds["lat_in"].append(percentiles(local.search_ms(texts, args.limit)))
+                rounds["lat_grpc"].append(percentiles(served.search_grpc_ms(texts, args.limit)))
+                rounds["lat_grpc_channel"].append(
+                    percentiles(served.search_grpc_channel_ms(texts, args.limit))
+                )
+                rounds["lat_http"].append(percentiles(served.search_http_ms(texts, args.limit)))
+        finally:
+            served.stop()
+            local.store.close()
+
+    med = statistics.median
+
+    def lat(key: str, q: str) -> float:
+        return med(x[q] for x in rounds[key])
+
+    result = {
+        "config": {
+            **vars(args),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+        },
+        "rounds": rounds,
+        "index_images_per_s": {
+            "in_process_encoder": med(rounds["inproc_enc"]),
+            "in_process_encoder_and_store": med(rounds["inproc_enc_store"]),
+            "flow_grpc": med(rounds["flow_index"]),
+        },
+        "search_latency_ms": {
+            k: {"p50": lat(key, "p50"), "p99": lat(key, "p99")} for k, key in LATENCY_PATHS
+        },
+    }
+    idx, s = result["index_images_per_s"], result["search_latency_ms"]
+    result["flow_overhead_p50_ms"] = {
+        k: s[k]["p50"] - s["in_process"]["p50"] for k, _ in LATENCY_PATHS if k != "in_process"
+    }
+    result["index_ratio_flow_vs_in_process"] = {
+        "encoder": idx["flow_grpc"] / idx["in_process_encoder"],
+        "encoder_and_store": idx["flow_grpc"] / idx["in_process_encoder_and_store"],
+    }
+    print_tables(result)
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"\nwrote {out}")
+    return result
+
+
+def print_tables(r: dict) -> None:
+    c, s, o = r["config"], r["search_latency_ms"], r["flow_overhead_p50_ms"]
+    print(
+        f"\nText search, one query at a time ({c['queries']} queries x {c['rounds']} rounds, "
+        f"limit {c['limit']}, medians of per-round percentiles)\n"
+    )
+    print("| path | p50 ms | p99 ms | overhead vs in-process at p50 |")
+    print("|---|---:|---:|---:|")
+    for key, name in LATENCY_NAMES.items():
+        over = f"{o[key]:+.2f} ms" if key in o else "-"
+        print(f"| {name} | {s[key]['p50']:.2f} | {s[key]['p99']:.2f} | {over} |")
+    i, ratio = r["index_images_per_s"], r["index_ratio_flow_vs_in_process"]
+    print(
+        f"\nIndexing {c['images']} JPEGs of {c['image_size']}px, batch {c['batch_size']}, "
+        f"{c['threads']} torch thread(s) per encoder (median of {c['rounds']} rounds)\n"
+    )
+    print("| path | images/s | Flow / this |")
+    print("|---|---:|---:|")
+    print(f"| in-process image encoder | {i['in_process_encoder']:.1f} | {ratio['encoder']:.2f} |")
+    print(
+        f"| in-process image encoder + store upsert | {i['in_process_encoder_and_store']:.1f} "
+        f"| {ratio['encoder_and_store']:.2f} |"
+    )
+    print(f"| Flow over gRPC (streamed) | {i['flow_grpc']:.1f} | 1.00 |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,293 @@
+"""Python API of the search service: index, search, delete and status, over gRPC or HTTP.
+
+    from client.api import SearchClient, images_to_index
+    client = SearchClient("grpc://127.0.0.1:51000")        # or "http://127.0.0.1:51001"
+    client.index(images_to_index("photos/"), on_batch=print)
+    for hit in client.search("a red dress", limit=5):
+        print(hit.score, hit.uri)
+
+gRPC goes through jina's `Client` (requests are streamed, so the Flow's executors work on
+consecutive batches at the same time); HTTP posts jina's JSON convention, `POST /<endpoint>`
+with `{"data": [...], "parameters": {...}}`. JSON has no bytes, so over HTTP an image travels
+as a `data:` URI in `blob`, which the image encoder accepts.
+"""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+DEFAULT_HOST = "grpc://127.0.0.1:51000"
+DEFAULT_TIMEOUT_S = 300.0
+# Requests the gRPC client may have in flight: enough to keep every executor busy, few enough
+# that image bytes read ahead stay bounded (prefetch x batch size images).
+PREFETCH = 4
+
+
+class ClientError(RuntimeError):
+    """The service could not be reached or refused a whole request; the message says why."""
+
+
+@dataclass
+class Hit:
+    """One search result."""
+
+    id: str
+    score: float
+    uri: str | None = None
+    text: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What the service said about one document sent to it."""
+
+    id: str
+    error: str | None = None
+
+
+@dataclass
+class IndexItem:
+    """One image to index: its stable id, file, and caption (if any)."""
+
+    id: str
+    path: str
+    caption: str | None = None
+
+
+def images_to_index(path: str | os.PathLike) -> list[IndexItem]:
+    """The images under a folder (recursively), or those a data file names, with stable ids.
+
+    Ids are the image paths relative to `path` (a folder) or to the data file's folder, so
+    indexing the same source again replaces documents instead of adding copies, and a broken
+    run can simply be repeated. A data file is any format the trainer reads
+    (`finetune.data.load_pairs`); an image's first caption becomes its display text.
+    """
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    if source.is_dir():
+        from finetune.images import is_image_path
+
+        base = source.resolve()
+        files = sorted(p for p in base.rglob("*") if p.is_file() and is_image_path(p.name))
+        return [IndexItem(_stable_id(p, base), str(p)) for p in files]
+    from finetune.data import load_pairs
+
+    pairs = load_pairs(source, check_images=False).pairs
+    base = source.resolve().parent
+    captions: dict[str, str] = {}
+    for pair in pairs:
+        captions.setdefault(pair.image, pair.caption)
+    return [IndexItem(_stable_id(Path(img), base), img, cap) for img, cap in captions.items()]
+
+
+def _stable_id(image: Path, base: Path) -> str:
+    return Path(os.path.relpath(image.resolve(), base)).as_posix()
+
+
+class SearchClient:
+    """A connection to the search Flow's gateway: `grpc://HOST:PORT` or `http(s)://HOST:PORT`."""
+
+    def __init__(self, host: str = DEFAULT_HOST, timeout: float = DEFAULT_TIMEOUT_S):
+        if "://" not in host:
+            host = f"grpc://{host}"
+        parts = urlsplit(host)
+        if parts.scheme not in ("grpc", "grpcs", "http", "https") or not parts.hostname:
+            raise ValueError(
+                f"host must look like grpc://127.0.0.1:51000 or http://127.0.0.1:51001, "
+                f"got {host!r}"
+            )
+        self.host = host
+        self.protocol = "http" if parts.scheme.startswith("http") else "grpc"
+        self.timeout = timeout
+        self._grpc = None
+
+    # --- the four commands ----------------------------------------------------------------
+
+    def index(
+        self,
+        items: Iterable[IndexItem],
+        batch_size: int = 32,
+        on_batch: Callable[[list[Outcome]], None] | None = None,
+    ) -> list[Outcome]:
+        """Index images; returns one outcome per item (error None when it was stored).
+
+        `on_batch` is called as each batch is acknowledged: everything acknowledged is
+        durably stored, whatever happens afterwards.
+        """
+        outcomes: list[Outcome] = []
+
+        def done(batch: list[Outcome]) -> None:
+            outcomes.extend(batch)
+            if on_batch:
+                on_batch(batch)
+
+        docs = self._index_docs(items, done)
+        if self.protocol == "grpc":
+            self._grpc_stream("/index", docs, batch_size, done)
+        else:
+            for batch in _batched(docs, batch_size):
+                done([_outcome(d) for d in self._http_post("/index", batch)])
+        return outcomes
+
+    def search(
+        self,
+        text: str | None = None,
+        image: str | os.PathLike | bytes | None = None,
+        limit: int = 10,
+    ) -> list[Hit]:
+        """The `limit` best matches of a text or an image (a file path or bytes)."""
+        if (text is None) == (image is None):
+            raise ValueError("search needs a text or an image, not both")
+        doc: dict[str, Any] = {"text": text}
+        if image is not None:
+            doc = {"blob": image if isinstance(image, bytes) else Path(image).read_bytes()}
+        [answer] = self.post("/search", [doc], {"limit": int(limit)})
+        if answer.get("error"):
+            raise ClientError(f"search failed: {answer['error']}")
+        return [
+            Hit(m["id"], float(m["score"]), m.get("uri"), m.get("text"), m.get("tags") or {})
+            for m in answer.get("matches") or []
+        ]
+
+    def delete(self, ids: Iterable[str]) -> list[Outcome]:
+        """Delete documents by id; unknown ids come back with error `unknown id`."""
+        return [_outcome(d) for d in self.post("/delete", [{"id": str(i)} for i in ids])]
+
+    def status(self) -> dict[str, Any]:
+        """The index's counts and parameters."""
+        answers = self.post("/status", [])
+        return answers[0].get("info", {}) if answers else {}
+
+    # --- transport ------------------------------------------------------------------------
+
+    def post(
+        self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """One request; documents in and out as plain dicts (SearchDoc's fields)."""
+        if self.protocol == "http":
+            return self._http_post(endpoint, docs, parameters)
+        from docarray import DocList
+
+        from executors.schemas import SearchDoc, StatusDoc
+
+        out_type = StatusDoc if endpoint == "/status" else SearchDoc
+        result = self._grpc_call(
+            endpoint,
+            DocList[SearchDoc]([SearchDoc(**d) for d in docs]),
+            parameters=parameters or {},
+            return_type=DocList[out_type],
+            request_size=max(1, len(docs)),
+            timeout=self.timeout,
+        )
+        return [_doc_dict(d) for d in result or []]
+
+    def _index_docs(self, items: Iterable[IndexItem], done: Callable) -> Iterator[dict]:
+        """The documents to send, read lazily; unreadable files are reported, not sent."""
+        for item in items:
+            try:
+                data = Path(item.path).read_bytes()
+            except OSError as e:
+                done([Outcome(item.id, f"{item.path}: cannot read ({e.strerror})")])
+                continue
+            yield {"id": item.id, "blob": data, "uri": item.path, "text": item.caption}
+
+    def _grpc_stream(
+        self, endpoint: str, docs: Iterable[dict], batch_size: int, done: Callable
+    ) -> None:
+        from docarray import DocList
+
+        from executors.schemas import SearchDoc
+
+        def on_done(response: Any) -> None:
+            done([_outcome(_doc_dict(d)) for d in response.docs])
+
+        # no timeout: it would bound the whole stream, i.e. the whole indexing job
+        self._grpc_call(
+            endpoint,
+            (SearchDoc(**d) for d in docs),
+            request_size=batch_size,
+            on_done=on_done,
+            prefetch=PREFETCH,
+            return_type=DocList[SearchDoc],
+        )
+
+    def _grpc_call(self, endpoint: str, inputs: Any, **kwargs: Any) -> Any:
+        if self._grpc is None:
+            from jina import Client
+
+            self._grpc = Client(host=self.host)
+        try:
+            return self._grpc.post(endpoint, inputs=inputs, **kwargs)
+        except Exception as e:  # jina raises connection errors of several types
+            raise ClientError(self._unreachable(e)) from e
+
+    def _http_post(
+        self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        import requests
+
+        payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters or {}}
+        try:
+            r = requests.post(self.host.rstrip("/") + endpoint, json=payload, timeout=self.timeout)
+        except requests.RequestException as e:
+            raise ClientError(self._unreachable(e)) from e
+        if r.status_code != 200:
+            raise ClientError(f"{endpoint} failed: HTTP {r.status_code}: {r.text[:500]}")
+        body = r.json()
+        header = body.get("header") or {}
+        if (header.get("status") or {}).get("code") not in (None, 0, "SUCCESS"):
+            raise ClientError(f"{endpoint} failed: {header['status']}")
+        return body.get("data") or []
+
+    def _unreachable(self, error: Exception) -> str:
+        if isinstance(error, ConnectionError) or "ConnectionError" in type(error).__name__:
+            return (
+                f"cannot talk to the search service at {self.host} ({type(error).__name__}: "
+                f"{error}); is the Flow running (jina flow --uses flow.yml)?"
+            )
+        return f"the search service at {self.host} failed the request: {error!r}"
+
+
+def _outcome(doc: dict[str, Any]) -> Outcome:
+    return Outcome(doc.get("id") or "", doc.get("error"))
+
+
+def _doc_dict(doc: Any) -> dict[str, Any]:
+    out = {"id": doc.id}
+    for name in ("text", "uri", "error", "tags", "info"):
+        if hasattr(doc, name):
+            out[name] = getattr(doc, name)
+    if hasattr(doc, "matches"):
+        out["matches"] = [
+            {"id": m.id, "score": m.score, "uri": m.uri, "text": m.text, "tags": m.tags}
+            for m in doc.matches
+        ]
+    return out
+
+
+def _json_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if v is not None}
+    if isinstance(out.get("blob"), bytes):
+        out["blob"] = _data_uri(out["blob"], doc.get("uri"))
+    return out
+
+
+def _data_uri(data: bytes, name: str | None) -> str:
+    mime = (mimetypes.guess_type(name)[0] if name else None) or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

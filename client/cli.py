@@ -1,0 +1,138 @@
+"""`python -m client` (also `clip-search`): index, search, delete, status against the Flow.
+
+    python -m client index photos/                      # a folder of images, recursively
+    python -m client index data/pairs.csv               # or any data file the trainer reads
+    python -m client search "a red dress" --limit 5
+    python -m client search --image query.jpg
+    python -m client delete cats/1.jpg dogs/7.png
+    python -m client status
+    python -m client --host http://127.0.0.1:51001 status
+
+Exit status: 0 on success, 1 when some documents failed (listed at the end) or ids were
+unknown, 2 on a usage error or when the service cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from client.api import DEFAULT_HOST, ClientError, Outcome, SearchClient, images_to_index
+
+# Failed documents listed in full at the end of `index`; the rest are counted.
+MAX_LISTED_ERRORS = 20
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m client", description="Text-to-image search client."
+    )
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("SEARCH_HOST", DEFAULT_HOST),
+        help="gateway: grpc://HOST:PORT or http://HOST:PORT (default: $SEARCH_HOST or "
+        f"{DEFAULT_HOST})",
+    )
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index a folder of images or an image-caption data file")
+    p.add_argument("path", help="folder (searched recursively) or data file (csv, json, ...)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per request")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("search", help="search with a text or an image")
+    p.add_argument("text", nargs="?", help="query text")
+    p.add_argument("--image", help="query image file")
+    p.add_argument("--limit", type=int, default=10, help="number of results")
+
+    p = sub.add_parser("delete", help="delete documents by id")
+    p.add_argument("ids", nargs="+", metavar="ID")
+
+    sub.add_parser("status", help="show the index's counts and parameters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        client = SearchClient(args.host, timeout=args.timeout)
+        return COMMANDS[args.command](client, args, parser)
+    except (ClientError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def cmd_index(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    items = images_to_index(args.path)
+    if not items:
+        print(f"error: no images found in {args.path}", file=sys.stderr)
+        return 2
+    from tqdm import tqdm
+
+    acknowledged = []
+
+    def on_batch(batch: list[Outcome]) -> None:
+        acknowledged.extend(batch)
+        bar.update(len(batch))
+
+    with tqdm(total=len(items), unit="img", disable=args.no_progress or None) as bar:
+        try:
+            outcomes = client.index(items, batch_size=args.batch_size, on_batch=on_batch)
+        except ClientError as e:
+            done = sum(o.error is None for o in acknowledged)
+            raise ClientError(
+                f"{e}\n{done} of {len(items)} images were stored before that; running the same "
+                f"command again is safe (ids come from the paths, so nothing is duplicated)"
+            ) from e
+    failed = [o for o in outcomes if o.error]
+    print(f"indexed {len(outcomes) - len(failed)} of {len(items)} images from {args.path}")
+    _print_failures(failed)
+    return 1 if failed else 0
+
+
+def cmd_search(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    if (args.text is None) == (args.image is None):
+        parser.error('search takes a query text or --image FILE (one of them): search "a dog"')
+    if args.limit < 1:
+        parser.error("--limit must be >= 1")
+    hits = client.search(text=args.text, image=args.image, limit=args.limit)
+    if not hits:
+        print("no results (is anything indexed? see `status`)")
+    for rank, hit in enumerate(hits, 1):
+        caption = f"  {hit.text}" if hit.text else ""
+        print(f"{rank:>3}. {hit.score:.4f}  {hit.id}  {hit.uri or ''}{caption}")
+    return 0
+
+
+def cmd_delete(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    outcomes = client.delete(args.ids)
+    deleted = [o.id for o in outcomes if not o.error]
+    print(f"deleted {len(deleted)} of {len(outcomes)}")
+    failed = [o for o in outcomes if o.error]
+    _print_failures(failed)
+    return 1 if failed else 0
+
+
+def cmd_status(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    print(json.dumps(client.status(), indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _print_failures(failed: list[Outcome]) -> None:
+    if not failed:
+        return
+    print(f"{len(failed)} failed:", file=sys.stderr)
+    for o in failed[:MAX_LISTED_ERRORS]:
+        print(f"  {o.id}: {o.error}", file=sys.stderr)
+    if len(failed) > MAX_LISTED_ERRORS:
+        print(f"  ... and {len(failed) - MAX_LISTED_ERRORS} more", file=sys.stderr)
+
+
+COMMANDS = {"index": cmd_index, "search": cmd_search, "delete": cmd_delete, "status": cmd_status}

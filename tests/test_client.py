@@ -1,0 +1,161 @@
+"""`python -m client` against a running Flow (flow.yml, the committed base model's towers).
+
+The commands run in-process (`client.cli.main`) for speed, against both the gRPC and the HTTP
+address of the same Flow; one run goes through `python -m client` itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from test_flow import REPO, ServedFlow, flow_env, free_port
+
+from client.cli import main
+from finetune.models import BASE_MODEL_DIR
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+COLOURS = [(220, 30, 30), (30, 170, 30), (30, 60, 220), (240, 220, 20), (10, 10, 10)]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """5 images in nested folders, a broken image, a text file (not an image: skipped)."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "a" / "b").mkdir(parents=True)
+    for i, rgb in enumerate(COLOURS):
+        folder = root / ("a/b" if i % 2 else "a")
+        Image.new("RGB", (40 + 8 * i, 48), rgb).save(folder / f"img{i}.png")
+    (root / "broken.jpg").write_bytes(b"not a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def flow(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("client-flow")
+    served = ServedFlow("flow.yml", flow_env(BASE_MODEL_DIR, tmp / "ws", tmp), tmp / "log")
+    yield served.start()
+    served.stop()
+
+
+@pytest.fixture(params=["grpc", "http"])
+def host(request, flow):
+    return flow.grpc if request.param == "grpc" else flow.http
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def count(capsys, host: str) -> int:
+    code, out, _ = cli(capsys, "--host", host, "status")
+    assert code == 0
+    return json.loads(out)["count"]
+
+
+@pytest.mark.slow
+def test_index_a_folder_twice_is_idempotent(flow, photos, capsys):
+    code, out, err = cli(capsys, "--host", flow.grpc, "index", str(photos), "--batch-size", "2")
+    assert code == 1  # the broken image failed; everything else went in
+    assert f"indexed 5 of 6 images from {photos}" in out
+    assert "1 failed" in err and "broken.jpg: image blob: cannot decode image" in err
+    assert count(capsys, flow.grpc) == 5
+    # again, over HTTP this time: the same ids (paths relative to the folder), so no copies
+    code, out, _ = cli(capsys, "--host", flow.http, "index", str(photos), "--no-progress")
+    assert code == 1 and "indexed 5 of 6 images" in out
+    assert count(capsys, flow.http) == 5
+
+
+@pytest.mark.slow
+def test_search_prints_ranked_hits(host, photos, capsys):
+    code, out, _ = cli(capsys, "--host", host, "search", "a red square", "--limit", "3")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["1.", "2.", "3."]
+    scores = [float(line.split()[1]) for line in lines]
+    assert scores == sorted(scores, reverse=True)
+    ids = {"a/img0.png", "a/b/img1.png", "a/img2.png", "a/b/img3.png", "a/img4.png"}
+    assert {line.split()[2] for line in lines} <= ids
+    assert str(photos) in lines[0]  # the uri: where the image is
+    # an image query finds that very image first
+    code, out, _ = cli(capsys, "--host", host, "search", "--image", str(photos / "a/b/img3.png"))
+    first = out.splitlines()[0].split()
+    assert (
+        code == 0 and first[2] == "a/b/img3.png" and float(first[1]) == pytest.approx(1, abs=1e-3)
+    )
+
+
+@pytest.mark.slow
+def test_index_a_data_file_with_captions(flow, tmp_path, capsys):
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (32, 32), (200, 100, 0)).save(tmp_path / "pics" / "x.png")
+    with open(tmp_path / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows(
+            [("caption", "image"), ("an orange tile", "pics/x.png"), ("tile, again", "pics/x.png")]
+        )
+    code, out, _ = cli(capsys, "--host", flow.grpc, "index", str(tmp_path / "pairs.csv"))
+    assert code == 0 and "indexed 1 of 1 images" in out
+    code, out, _ = cli(
+        capsys, "--host", flow.http, "search", "--image", str(tmp_path / "pics/x.png")
+    )
+    assert out.splitlines()[0].split()[2:] == [
+        "pics/x.png",
+        str(tmp_path / "pics/x.png"),
+        "an",
+        "orange",
+        "tile",
+    ]
+    assert cli(capsys, "--host", flow.grpc, "delete", "pics/x.png")[0] == 0
+
+
+@pytest.mark.slow
+def test_delete_and_status(host, flow, photos, capsys):
+    cli(capsys, "--host", flow.grpc, "index", str(photos), "--no-progress")  # (again) present
+    before = count(capsys, host)
+    code, out, err = cli(capsys, "--host", host, "delete", "a/img0.png", "no/such/id")
+    assert code == 1 and "deleted 1 of 2" in out and "no/such/id: unknown id" in err
+    assert count(capsys, host) == before - 1
+    code, out, _ = cli(capsys, "--host", host, "status")
+    info = json.loads(out)
+    assert code == 0 and info["dim"] == 64 and info["space"] == "cosine"
+
+
+def test_bad_paths_hosts_and_queries_are_clear_errors(tmp_path, capsys):
+    code, _, err = cli(capsys, "index", str(tmp_path / "nope"))
+    assert code == 2 and "no such file or folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "index", str(tmp_path / "empty"))
+    assert code == 2 and "no images found" in err
+    (tmp_path / "bad.csv").write_text("just one column\n")
+    code, _, err = cli(capsys, "index", str(tmp_path / "bad.csv"))
+    assert code == 2 and err.startswith("error: ")
+    code, _, err = cli(capsys, "--host", f"grpc://127.0.0.1:{free_port()}", "status")
+    assert code == 2 and "cannot talk to the search service" in err
+    code, _, err = cli(capsys, "--host", f"http://127.0.0.1:{free_port()}", "search", "x")
+    assert code == 2 and "is the Flow running" in err
+    code, _, err = cli(capsys, "--host", "ftp://somewhere", "status")
+    assert code == 2 and "host must look like grpc://" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["search"])  # neither a text nor --image
+    assert exit_.value.code == 2
+
+
+@pytest.mark.slow
+def test_python_dash_m_client(flow):
+    out = subprocess.run(
+        [sys.executable, "-m", "client", "--host", flow.http, "status"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "count" in json.loads(out.stdout)

@@ -1,0 +1,465 @@
+"""The real search Flow (flow.yml, flow.scaled.yml) end to end, on 127.0.0.1 and free ports.
+
+The project's base ViT-Tiny-8 is fine-tuned (`finetune.fit`) on 16 clearly distinct generated
+images (8 colours x square/circle) so that every image's own caption must find it first, over
+gRPC (jina Client) and HTTP (requests). The same Flow (`jina flow --uses flow.yml`) then takes
+bad documents beside good ones, restarts on its workspace, and loses all its processes to
+`kill -9` in the middle of an indexing job (everything acknowledged must survive); the sharded
+and replicated flow.scaled.yml must answer like the plain one. Tests run in file order.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from docarray import DocList
+from PIL import Image, ImageDraw
+
+from client.api import IndexItem, SearchClient
+from executors.schemas import SearchDoc, StatusDoc
+from finetune.models import BASE_MODEL_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+JINA = str(Path(sys.executable).with_name("jina"))
+COLOURS = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 30),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 20),
+    "purple": (140, 40, 170),
+    "orange": (250, 140, 20),
+    "black": (10, 10, 10),
+    "white": (255, 255, 255),
+}
+START_TIMEOUT_S = 180  # starting a Flow takes seconds; generous for a loaded 2-core machine
+FLOW_ENV_VARS = (
+    "GRPC_PORT",
+    "HTTP_PORT",
+    "HOST",
+    "WORKSPACE",
+    "TEXT_TOWER",
+    "VISION_TOWER",
+    "IMAGE_ROOTS",
+    "TORCH_THREADS",
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flow_env(run_dir: Path, workspace: Path, image_root: Path) -> dict[str, str]:
+    return {
+        "GRPC_PORT": str(free_port()),
+        "HTTP_PORT": str(free_port()),
+        "HOST": "127.0.0.1",
+        "WORKSPACE": str(workspace),
+        "TEXT_TOWER": str(run_dir / "clip-text"),
+        "VISION_TOWER": str(run_dir / "clip-vision"),
+        "IMAGE_ROOTS": str(image_root),
+        "TORCH_THREADS": "1",  # 2 shared cores: one thread per encoder avoids thrashing
+    }
+
+
+class ServedFlow:
+    """`jina flow --uses YML` in its own process group, so that it can be killed whole.
+
+    A subprocess rather than `Flow.start()` in the test process: jina forks its executors, and
+    forking a process that already runs gRPC clients and earlier Flows can crash it.
+    """
+
+    def __init__(self, yml: str, env: dict[str, str], log: Path):
+        self.yml, self.env, self.log, self.proc = yml, env, log, None
+        self.http = f"http://127.0.0.1:{env['HTTP_PORT']}"
+        self.grpc = f"grpc://127.0.0.1:{env['GRPC_PORT']}"
+
+    def start(self) -> ServedFlow:
+        env = {k: v for k, v in os.environ.items() if k not in FLOW_ENV_VARS}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [JINA, "flow", "--uses", self.yml],
+                cwd=REPO,
+                env={**env, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"jina flow exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if requests.post(f"{self.http}/status", json={"data": []}, timeout=5).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        self.kill()
+        pytest.fail(f"jina flow not ready after {START_TIMEOUT_S} s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        self.kill(signal.SIGINT)  # jina closes its executors (and their stores) on SIGINT
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=timeout)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        # the executors are children in the same process group: wait until none is left
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        self.proc = None
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+# --- data, model, Flow ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory) -> Path:
+    """16 images (8 colours x square/circle) and a pairs.csv with one caption each."""
+    root = tmp_path_factory.mktemp("shapes")
+    (root / "images").mkdir()
+    rows = []
+    for colour, rgb in COLOURS.items():
+        for shape in ("square", "circle"):
+            img = Image.new("RGB", (96, 96), (128, 128, 128))
+            draw = ImageDraw.Draw(img)
+            (draw.rectangle if shape == "square" else draw.ellipse)([16, 16, 80, 80], fill=rgb)
+            img.save(root / "images" / f"{colour}_{shape}.png")
+            rows.append((f"a {colour} {shape}", f"images/{colour}_{shape}.png"))
+    with open(root / "pairs.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("caption", "image"), *rows])
+    return root
+
+
+def captions(shapes: Path) -> dict[str, str]:
+    """image id (path relative to the images folder) -> caption."""
+    with open(shapes / "pairs.csv", newline="") as f:
+        return {Path(image).name: caption for caption, image in list(csv.reader(f))[1:]}
+
+
+@pytest.fixture(scope="module")
+def trained_run(shapes, tmp_path_factory) -> Path:
+    """The project's base model (a ViT-Tiny-8) fine-tuned on the 16 pairs: 30 full-batch AdamW
+    steps at lr 1e-3, ~10 s here. It ranks 12 of the 16 first zero-shot, all 16 after."""
+    import torch
+
+    from finetune import fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on 2 shared cores, 2 threads thrash (several times slower)
+    try:
+        run = fit(
+            model=f"ViT-Tiny-8#{BASE_MODEL_DIR}",
+            train_data=str(shapes / "pairs.csv"),
+            output=str(tmp_path_factory.mktemp("run") / "shapes"),
+            epochs=30,
+            batch_size=16,
+            learning_rate=1e-3,
+            optimizer="adamw",
+            workers=0,
+            seed=0,
+            progress=False,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return run.output
+
+
+@pytest.fixture(scope="module")
+def flow(trained_run, shapes, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("plain")
+    served = ServedFlow(
+        "flow.yml", flow_env(trained_run, tmp / "ws", shapes / "images"), tmp / "log"
+    )
+    yield served.start()
+    served.stop()
+
+
+def grpc_client(url: str):
+    from jina import Client
+
+    return Client(host=url)
+
+
+def grpc_search(url: str, texts: list[str], limit: int = 3) -> DocList[SearchDoc]:
+    queries = DocList[SearchDoc]([SearchDoc(text=t) for t in texts])
+    return grpc_client(url).post(
+        "/search", queries, parameters={"limit": limit}, return_type=DocList[SearchDoc]
+    )
+
+
+def http_post(url: str, endpoint: str, data: list[dict], **parameters) -> list[dict]:
+    r = requests.post(f"{url}{endpoint}", json={"data": data, "parameters": parameters}, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["data"]
+
+
+def index_shapes(url: str, shapes: Path) -> DocList[SearchDoc]:
+    """All 16 images: half sent as bytes, half as a path under IMAGE_ROOTS; caption as text."""
+    docs = DocList[SearchDoc]()
+    for i, (name, caption) in enumerate(sorted(captions(shapes).items())):
+        path = shapes / "images" / name
+        if i % 2:
+            docs.append(SearchDoc(id=name, uri=str(path), text=caption))
+        else:
+            docs.append(SearchDoc(id=name, blob=path.read_bytes(), uri=str(path), text=caption))
+    return grpc_client(url).post("/index", docs, request_size=5, return_type=DocList[SearchDoc])
+
+
+# Results of the plain Flow, for the sharded one to be compared with.
+PLAIN_RESULTS: dict[str, list[tuple[str, float]]] = {}
+
+
+# --- the plain Flow ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_each_caption_finds_its_image_first_over_grpc_and_http(flow, shapes):
+    indexed = index_shapes(flow.grpc, shapes)
+    assert [d.error for d in indexed] == [None] * 16
+    assert all(d.blob is None and d.embedding is None for d in indexed)  # nothing big returned
+
+    truth = captions(shapes)
+    names, texts = list(truth), list(truth.values())
+    by_grpc = grpc_search(flow.grpc, texts, limit=5)
+    by_http = http_post(flow.http, "/search", [{"text": t} for t in texts], limit=5)
+    for name, g, h in zip(names, by_grpc, by_http, strict=True):
+        assert g.error is None and h["error"] is None
+        assert g.matches[0].id == name, (g.text, [m.id for m in g.matches])
+        assert [m.id for m in g.matches] == [m["id"] for m in h["matches"]]
+        assert g.matches[0].text == truth[name] and g.matches[0].uri.endswith(name)
+        scores = [m.score for m in g.matches]
+        assert scores == sorted(scores, reverse=True) and len(scores) == 5
+        PLAIN_RESULTS[g.text] = [(m.id, m.score) for m in g.matches]
+
+    status = grpc_client(flow.grpc).post("/status", return_type=DocList[StatusDoc])
+    assert status[0].info["count"] == 16
+
+
+@pytest.mark.slow
+def test_bad_documents_beside_good_ones_over_grpc_and_http(flow, shapes):
+    good = (shapes / "images" / "red_square.png").read_bytes()
+    sent = DocList[SearchDoc](
+        [
+            SearchDoc(id="extra-good", blob=good, text="extra"),
+            SearchDoc(id="corrupt", blob=b"\x89PNG but not really"),
+            SearchDoc(id="escape", uri="/etc/passwd"),
+            SearchDoc(id="dotdot", uri="../../etc/passwd"),
+            SearchDoc(id="remote", uri="http://169.254.169.254/latest/meta-data"),
+            SearchDoc(id="nothing"),
+            SearchDoc(id="empty-text", text="   "),
+        ]
+    )
+    out = {
+        d.id: d.error
+        for d in grpc_client(flow.grpc).post("/index", sent, return_type=DocList[SearchDoc])
+    }
+    assert out["extra-good"] is None
+    assert "cannot decode image" in out["corrupt"]
+    assert "outside the allowed image roots" in out["escape"]
+    assert "outside the allowed image roots" in out["dotdot"]
+    assert "remote image URLs are refused" in out["remote"]
+    assert out["nothing"] == "document has neither text nor image"
+    assert out["empty-text"] == "text is empty"
+
+    data_uri = "data:image/png;base64," + base64.b64encode(good).decode()
+    answers = http_post(
+        flow.http,
+        "/search",
+        [{"text": "a red square"}, {"text": ""}, {"uri": "/etc/shadow"}, {"blob": data_uri}, {}],
+        limit=2,
+    )
+    assert answers[0]["error"] is None and answers[0]["matches"]
+    assert answers[1]["error"] == "text is empty" and not answers[1]["matches"]
+    assert "outside the allowed image roots" in answers[2]["error"]
+    assert answers[3]["error"] is None  # an image query sent as a data: URI (JSON has no bytes)
+    assert answers[3]["matches"][0]["id"] in ("red_square.png", "extra-good")
+    assert answers[4]["error"] == "document has neither text nor image"
+
+    # /delete passes the encoders untouched: id-only documents are not "neither text nor image"
+    deleted = http_post(flow.http, "/delete", [{"id": "extra-good"}, {"id": "never-indexed"}])
+    assert [d["error"] for d in deleted] == [None, "unknown id"]
+
+
+@pytest.mark.slow
+def test_restart_on_the_same_workspace_finds_everything(flow, shapes):
+    texts = list(captions(shapes).values())
+    before = [[(m.id, m.score) for m in d.matches] for d in grpc_search(flow.grpc, texts, 5)]
+    flow.stop()
+    flow.start()
+    after = grpc_search(flow.grpc, texts, limit=5)
+    assert [[(m.id, pytest.approx(m.score, abs=1e-5)) for m in d.matches] for d in after] == before
+    status = grpc_client(flow.grpc).post("/status", return_type=DocList[StatusDoc])
+    assert status[0].info["count"] == 16
+
+
+# --- crash safety ---------------------------------------------------------------------------
+
+
+def slow_items(shapes: Path, copies: int, delay_after: int, delay_s: float):
+    """`copies` x 16 images under distinct ids; slowed down after the first `delay_after`, so
+    that the job is surely still running when its Flow is killed."""
+    names = sorted(captions(shapes))
+    for k in range(copies):
+        for name in names:
+            if k * len(names) >= delay_after:
+                time.sleep(delay_s)
+            yield IndexItem(f"copy{k}/{name}", str(shapes / "images" / name))
+
+
+@pytest.mark.slow
+def test_kill_9_mid_indexing_loses_nothing_acknowledged(flow, shapes):
+    acked: list[str] = []
+    failure: list[BaseException] = []
+
+    def index_job() -> None:
+        try:
+            SearchClient(flow.grpc).index(
+                slow_items(shapes, copies=20, delay_after=48, delay_s=0.05),
+                batch_size=8,
+                on_batch=lambda batch: acked.extend(o.id for o in batch if o.error is None),
+            )
+        except BaseException as e:  # the Flow dies under it: expected
+            failure.append(e)
+
+    job = threading.Thread(target=index_job, daemon=True)
+    job.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 40 and time.monotonic() < deadline and job.is_alive():
+        time.sleep(0.05)
+    assert len(acked) >= 40, f"indexing did not get going:\n{flow.log_tail()}"
+    flow.kill(signal.SIGKILL)  # the whole process group: gateway and every executor
+    job.join(timeout=60)
+    assert not job.is_alive()
+    assert len(acked) < 320 and failure, "the job should have been cut off mid-way"
+
+    flow.start()  # same workspace
+    client = SearchClient(flow.http)
+    assert client.status()["count"] >= 16 + len(acked)
+    found = {hit.id for hit in client.search(text="a red square", limit=1000)}
+    assert set(acked) | set(captions(shapes)) <= found, sorted(set(acked) - found)[:10]
+
+
+# --- the scaled Flow -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sharded_replicated_flow_answers_like_the_plain_one(trained_run, shapes, tmp_path):
+    assert PLAIN_RESULTS, "runs after test_each_caption_finds_its_image_first_over_grpc_and_http"
+    env = flow_env(trained_run, tmp_path / "ws", shapes / "images")
+    scaled = ServedFlow("flow.scaled.yml", env, tmp_path / "flow.log").start()
+    try:
+        assert [d.error for d in index_shapes(scaled.grpc, shapes)] == [None] * 16
+        info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])[0].info
+        assert info["count"] == 16 and len(info["shards"]) == 2
+        texts = list(PLAIN_RESULTS)
+        for answers in (
+            [[(m.id, m.score) for m in d.matches] for d in grpc_search(scaled.grpc, texts, 5)],
+            [
+                [(m["id"], m["score"]) for m in d["matches"]]
+                for d in http_post(scaled.http, "/search", [{"text": t} for t in texts], limit=5)
+            ],
+        ):
+            for text, got in zip(texts, answers, strict=True):
+                want = PLAIN_RESULTS[text]
+                assert [i for i, _ in got] == [i for i, _ in want], text
+                assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+    finally:
+        scaled.stop()
+
+
+# --- configuration, without starting anything -------------------------------------------------
+
+
+def test_flow_yml_defaults_apply_when_nothing_is_set():
+    """What `jina flow --uses flow.yml` gets in a fresh shell: jina has no `${VAR:-default}`."""
+    code = (
+        "from jina import Flow\n"
+        "for yml in ('flow.yml', 'flow.scaled.yml'):\n"
+        "    f = Flow.load_config(yml)\n"
+        "    f.build()\n"
+        "    g = f['gateway'].args\n"
+        "    e = f['image_encoder'].args\n"
+        "    print(g.port, g.host, f.workspace, e.replicas, e.uses_with)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in FLOW_ENV_VARS}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()[-2:]
+    for line, replicas in zip(lines, (1, 2), strict=True):
+        assert line.startswith(f"[51000, 51001] 0.0.0.0 {REPO / 'workspace'} {replicas} "), line
+        # unset variables reach the encoders as `$VAR`: they fall back to the same defaults
+        assert "'tower': 'runs/demo/clip-vision'" in line or "'$VISION_TOWER'" in line, line
+
+
+def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
+    from jina import Flow
+
+    env = {
+        "GRPC_PORT": "52011",
+        "HTTP_PORT": "52012",
+        "HOST": "127.0.0.1",
+        "WORKSPACE": str(tmp_path),
+        "TEXT_TOWER": "/towers/text",
+        "VISION_TOWER": "/towers/vision",
+        "IMAGE_ROOTS": "/data/a:/data/b",
+        "TORCH_THREADS": "3",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    f = Flow.load_config(str(REPO / "flow.yml"))
+    f.build()
+    assert f["gateway"].args.port == [52011, 52012] and f["gateway"].args.host == "127.0.0.1"
+    assert f.workspace == str(tmp_path)
+    assert f["text_encoder"].args.uses_with == {"tower": "/towers/text", "num_threads": 3}
+    assert f["image_encoder"].args.uses_with["allowed_roots"] == "/data/a:/data/b"
+    assert f["image_encoder"].args.uses_with["allow_remote"] is False
+
+
+def test_dockerfile_installs_like_the_makefile_and_copies_existing_files():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    assert "pip install -c constraints.txt -e ." in dockerfile
+    assert "-c constraints.txt -e " in makefile  # the Makefile's own install step
+    assert '"setuptools>=77,<81"' in dockerfile and '"setuptools>=77,<81"' in makefile
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                if source != ".":
+                    assert (REPO / source).exists(), f"Dockerfile copies missing {source}"
+    assert 'CMD ["jina", "flow", "--uses", "flow.yml"]' in dockerfile
+    assert "EXPOSE 51000 51001" in dockerfile and "ARG BASE_IMAGE=python:3.11-slim" in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".venv/", "runs/", "workspace/", "data/"} <= set(ignored)
