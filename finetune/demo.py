@@ -112,13 +112,16 @@ def run_demo(
         print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     if search:
         with stage("4/4 serve the towers and search", timings):
-            _search_demo(output, data, DEMO_RECIPE["search"])
-    write_report([row], output, extra={"stage_seconds": timings})
+            search_result = _search_demo(output, data, DEMO_RECIPE["search"], progress)
+    else:
+        search_result = None
+    extra = {"stage_seconds": timings, "search": search_result}
+    write_report([row], output, extra=extra)
     print("\nstage wall times (s):", json.dumps(timings))
-    return {"row": row, "stage_seconds": timings}
+    return {"row": row, **extra}
 
 
-def _search_demo(output: Path, data: Any, options: dict[str, Any]) -> None:
+def _search_demo(output: Path, data: Any, options: dict[str, Any], progress: bool) -> dict:
     from finetune.search_demo import search_demo  # needs jina; imported only here
 
-    search_demo(output, data, **options)
+    return search_demo(output, data, progress=progress, **options)

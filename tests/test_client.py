@@ -13,9 +13,10 @@ import sys
 
 import pytest
 from PIL import Image
-from test_flow import REPO, ServedFlow, flow_env, free_port
+from test_flow import flow_env
 
 from client.cli import main
+from client.served_flow import REPO, ServedFlow, free_port
 from finetune.models import BASE_MODEL_DIR
 
 pytestmark = pytest.mark.filterwarnings("ignore")
