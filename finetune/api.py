@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from finetune.data import load_pairs
-from finetune.evaluate import DEFAULT_RECALL_K, evaluate_model
+from finetune.evaluate import DEFAULT_RECALL_K, evaluate_bundle
 from finetune.models import TEXT_TOWER, VISION_TOWER, CLIPBundle, create_clip
 from finetune.towers import TextTower, VisionTower, load_tower, tower_from_bundle
 
@@ -69,17 +69,7 @@ def evaluate(
     """Retrieval recall@k of a model (run folder or `NAME[#PRETRAINED]`) on a data file."""
     bundle = model if isinstance(model, CLIPBundle) else get_model(model, device=device)
     pairs = load_pairs(data, **data_options)
-    device = next(bundle.model.parameters()).device
-    return evaluate_model(
-        bundle.model,
-        pairs,
-        bundle.preprocess(),
-        bundle.tokenizer,
-        device,
-        recall_k,
-        batch_size=batch_size,
-        progress=progress,
-    )
+    return evaluate_bundle(bundle, pairs, recall_k, batch_size=batch_size, progress=progress)
 
 
 def _tower(model: Model, kind: str) -> TextTower | VisionTower:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.data import detect_format, load_pairs
-from finetune.evaluate import evaluate_model
+from finetune.evaluate import evaluate_bundle
 from finetune.models import create_clip
 from finetune.report import make_row, write_report
 from finetune.train import FitConfig, fit
@@ -149,16 +149,7 @@ def compare_one(
 
     def score(model_spec: str) -> dict[str, Any]:
         bundle = create_clip(model_spec, device=_device(fit_config.device))
-        device = next(bundle.model.parameters()).device
-        return evaluate_model(
-            bundle.model,
-            test,
-            bundle.preprocess(),
-            bundle.tokenizer,
-            device,
-            recall_k,
-            progress=fit_config.progress,
-        )
+        return evaluate_bundle(bundle, test, recall_k, progress=fit_config.progress)
 
     log.info(
         "%s on %s: zero-shot evaluation on %d test captions", model, dataset.name, len(test.pairs)

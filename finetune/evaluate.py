@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from finetune.data import PairSet
 from finetune.images import load_image
 from finetune.metrics import retrieval_metrics
+from finetune.models import CLIPBundle
 
 DEFAULT_RECALL_K = (1, 5, 10)
 
@@ -86,6 +87,29 @@ def evaluate_model(
     metrics = retrieval_metrics(image_emb, text_emb, text_to_image, recall_k)
     metrics.update(n_images=len(images), n_texts=len(captions))
     return metrics
+
+
+def evaluate_bundle(
+    bundle: CLIPBundle,
+    data: PairSet,
+    recall_k: Sequence[int] = DEFAULT_RECALL_K,
+    batch_size: int = 64,
+    workers: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """`evaluate_model` with the bundle's own preprocessing, tokenizer and device."""
+    device = next(bundle.model.parameters()).device
+    return evaluate_model(
+        bundle.model,
+        data,
+        bundle.preprocess(),
+        bundle.tokenizer,
+        device,
+        recall_k,
+        batch_size=batch_size,
+        workers=workers,
+        progress=progress,
+    )
 
 
 def default_workers() -> int:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from finetune.data import PairDataset, PairSet, detect_format, load_pairs
-from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_model
+from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import create_loss
 from finetune.models import RUN_CONFIG, CLIPBundle, create_clip, load_towers_into
 from finetune.towers import save_towers
@@ -346,15 +346,8 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         )
 
     def evaluate(epoch: int) -> dict[str, Any]:
-        metrics = evaluate_model(
-            model,
-            eval_set,
-            bundle.preprocess(),
-            bundle.tokenizer,
-            env.device,
-            cfg.recall_k,
-            workers=workers,
-            progress=cfg.progress,
+        metrics = evaluate_bundle(
+            bundle, eval_set, cfg.recall_k, workers=workers, progress=cfg.progress
         )
         record = {"type": "eval", "epoch": epoch, "step": step, **metrics}
         run.eval_metrics.append(record)
