@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format demo base-model bench clean
+.PHONY: install test test-fast lint format demo serve base-model bench clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m finetune demo --output runs/demo
+
+# The search service on the demo's towers (override with TEXT_TOWER=..., VISION_TOWER=..., see flow.yml).
+serve: $(STAMP)
+	$(BIN)/jina flow --uses flow.yml
 
 # Rebuilds the committed base model (finetune/assets/base-model) from random init.
 base-model: $(STAMP)

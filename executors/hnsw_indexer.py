@@ -6,19 +6,33 @@ document: a rejected document gets ``error`` set and the good documents beside i
 documents that arrive with ``error`` already set (by an encoder) are passed through untouched.
 Large payloads (``blob``, ``tensor``, ``embedding``) are dropped from the responses.
 
-`MatchMerger` is the ``uses_after`` of a sharded indexer. With ``polling='ALL'`` Jina's head
-sends each shard's response to ``uses_after`` as one request each, and the executor receives
-them as ``docs_matrix`` (one DocList per shard, in the same order as the query); without
-``uses_after`` docarray v2's built-in reduction would only concatenate the matches of documents
-sharing an id (unsorted, untruncated, and every id-less HTTP document would share one). The
-merger puts the answers of each shard for the same document together: the global top ``limit``
-matches for ``/search``, "deleted/updated on any shard" for ``/delete`` and ``/update``, and
-summed counts for ``/status``.
+Sharding: every id has exactly one owner shard, `owner_shard` (a BLAKE2b hash of the UTF-8 id
+modulo the number of shards, read from Jina's ``runtime_args``; 1 shard when not sharded, which
+owns everything). All endpoints are polled ALL. ``/index`` and ``/update`` act only on the documents
+whose id the shard owns; every other document comes back with error `NOT_OWNER`, a marker that
+`MatchMerger` replaces with the owner's answer, so ``/index`` is an upsert by id across shards
+(re-indexing an id never leaves a second copy on another shard). ``/delete`` deletes an id on
+every shard that has it (only the owner, unless the shards were filled by an earlier ``/index``
+polled ANY or with another number of shards). A document without an id gets one before it is
+routed: a random one when not sharded (as always), and on a sharded index one derived from its
+content (`content_id`), because each shard sees the request separately and must pick the same.
+
+`MatchMerger` is the ``uses_after`` of a sharded indexer (required: without it the `NOT_OWNER`
+markers would reach the client). With ``polling='ALL'`` Jina's head sends each shard's response
+to ``uses_after`` as one request each, and the executor receives them as ``docs_matrix`` (one
+DocList per answering shard; jina does not promise their order, and a failed shard is left out,
+so the merger never infers a shard from its position); without ``uses_after`` docarray v2's
+built-in reduction would only concatenate the matches of documents sharing an id (unsorted,
+untruncated, and every id-less HTTP document would share one). The merger puts the answers of
+each shard for the same document together, in request order: the global top ``limit`` matches
+for ``/search``, the owner's answer for ``/index`` and ``/update``, "deleted on any shard" for
+``/delete``, and summed counts for ``/status``.
 
 No ``from __future__ import annotations`` here: Jina reads the ``docs`` annotations at runtime
 to learn each endpoint's schemas.
 """
 
+import hashlib
 import math
 import uuid
 from collections.abc import Iterable, Sequence
@@ -33,6 +47,9 @@ from executors.schemas import Match, SearchDoc, StatusDoc
 
 DEFAULT_LIMIT = 10
 UNKNOWN_ID = "unknown id"
+# Set by a shard on each document whose id another shard owns; `MatchMerger` replaces it.
+NOT_OWNER = "not this shard's id (a sharded HNSWIndexer needs MatchMerger as uses_after)"
+OWNER_DID_NOT_ANSWER = "the shard that owns this id did not answer"
 _SUMMED_STATUS = ("count", "deleted_slots", "capacity")
 
 
@@ -64,17 +81,31 @@ class HNSWIndexer(Executor):
             snapshot_every=snapshot_every,
         )
 
+    @property
+    def shards(self) -> int:
+        """Number of shards of the index (1 when not sharded)."""
+        return int(getattr(self.runtime_args, "shards", None) or 1)
+
+    @property
+    def shard_id(self) -> int:
+        """This shard's number, 0 .. ``shards - 1``."""
+        return int(getattr(self.runtime_args, "shard_id", None) or 0)
+
     @requests(on="/index")
     def index(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        """Store (or replace) every document that has an embedding; id-less ones get an id."""
+        """Store (or replace) every document that has an embedding and whose id this shard
+        owns; id-less ones get an id (see the module's docstring)."""
         todo = []
         for doc in _without_error(docs):
             if doc.embedding is None:
                 doc.error = "no embedding to index"
                 continue
             if not doc.id:  # documents posted over HTTP without an id
-                doc.id = uuid.uuid4().hex
-            todo.append(doc)
+                doc.id = content_id(doc) if self.shards > 1 else uuid.uuid4().hex
+            if self._owns(doc.id):
+                todo.append(doc)
+            else:
+                doc.error = NOT_OWNER
         errors = self._store.upsert(
             [d.id for d in todo],
             [d.embedding for d in todo],
@@ -121,7 +152,11 @@ class HNSWIndexer(Executor):
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
         """Delete the documents' ids and ``parameters['ids']``; one document per id comes back,
-        with error ``unknown id`` for ids that are not in the index."""
+        with error ``unknown id`` for ids that are not in the index.
+
+        Every shard deletes the ids it has, owned or not: normally only the owner has an id,
+        but copies that an earlier ``/index`` polled ANY (or another number of shards) left on
+        another shard go too. `MatchMerger` reports an id deleted when any shard deleted it."""
         extra = (parameters or {}).get("ids") or []
         extra = extra if isinstance(extra, list | tuple) else [extra]
         answer = DocList[SearchDoc]([*docs, *(SearchDoc(id=_id_text(i)) for i in extra)])
@@ -134,9 +169,14 @@ class HNSWIndexer(Executor):
 
     @requests(on="/update")
     def update(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        """Change stored fields of existing ids: ``embedding``, ``uri`` and ``text`` when set,
-        ``tags`` when not empty; unknown ids get error ``unknown id``."""
-        todo = self._with_ids(docs)
+        """Change stored fields of existing ids that this shard owns: ``embedding``, ``uri``
+        and ``text`` when set, ``tags`` when not empty; unknown ids get error ``unknown id``."""
+        todo = []
+        for doc in self._with_ids(docs):
+            if self._owns(doc.id):
+                todo.append(doc)
+            else:
+                doc.error = NOT_OWNER
         errors = self._store.update(
             [d.id for d in todo],
             embeddings=[d.embedding for d in todo],
@@ -155,6 +195,9 @@ class HNSWIndexer(Executor):
     def close(self) -> None:
         self._store.close()
         super().close()
+
+    def _owns(self, doc_id: str) -> bool:
+        return self.shards == 1 or owner_shard(doc_id, self.shards) == self.shard_id
 
     def _query_vector(self, doc: SearchDoc) -> tuple[np.ndarray | None, str | None]:
         if doc.embedding is None:
@@ -200,18 +243,27 @@ class MatchMerger(Executor):
             merged.append(doc)
         return merged
 
-    @requests(on=["/delete", "/update"])
+    @requests(on=["/index", "/update", "/delete"])
     def merge_outcomes(
         self,
         docs: DocList[SearchDoc],
         docs_matrix: list[DocList[SearchDoc]] | None = None,
         **kwargs: Any,
     ) -> DocList[SearchDoc]:
-        """A document succeeded if any shard succeeded (the others do not know its id)."""
+        """Each document as its owner shard answered it (the others answer `NOT_OWNER`), its
+        error included; error `OWNER_DID_NOT_ANSWER` when no answer is the owner's (its shard
+        failed). Where several shards answered for a document (``/delete``, or a document that
+        arrived with an error, or without an id), it succeeded if any shard succeeded: the
+        others do not know its id."""
         merged = DocList[SearchDoc]()
         for answers in _per_document(docs, docs_matrix):
+            answers = [a for a in answers if a.error != NOT_OWNER] or answers
             doc = answers[0]
             errors = [a.error for a in answers]
+            if errors == [NOT_OWNER] * len(errors):
+                doc.error = OWNER_DID_NOT_ANSWER
+                merged.append(doc)
+                continue
             if None in errors:
                 doc.error = None
             else:  # the shard that has the id says more than the others' "unknown id"
@@ -238,6 +290,26 @@ class MatchMerger(Executor):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def owner_shard(doc_id: str, shards: int) -> int:
+    """The shard (0 .. ``shards - 1``) that stores ``doc_id``: a 64-bit BLAKE2b hash of its
+    UTF-8 bytes modulo ``shards``, the same in every process (unlike Python's salted ``hash``).
+    Not CRC-32: it is linear, so its low bits spread similar ids badly."""
+    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shards
+
+
+def content_id(doc: SearchDoc) -> str:
+    """An id for a document that has none, the same on every shard that sees the request:
+    a hash of its embedding (dtype, shape, bytes), ``uri`` and ``text``. Indexing the same
+    id-less document again therefore replaces it instead of adding a copy."""
+    vec = np.ascontiguousarray(np.asarray(doc.embedding))
+    digest = hashlib.sha256()
+    for part in (vec.dtype.str, str(vec.shape), doc.uri, doc.text):
+        digest.update(repr(part).encode("utf-8") + b"\0")
+    digest.update(vec.tobytes())
+    return digest.hexdigest()[:32]
 
 
 def positive_int(value: Any, name: str) -> tuple[int | None, str | None]:

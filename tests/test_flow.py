@@ -14,7 +14,6 @@ import base64
 import csv
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,12 +25,12 @@ import requests
 from docarray import DocList
 from PIL import Image, ImageDraw
 
+from client import served_flow
 from client.api import IndexItem, SearchClient
+from client.served_flow import FLOW_ENV_VARS, REPO, ServedFlow
 from executors.schemas import SearchDoc, StatusDoc
 from finetune.models import BASE_MODEL_DIR
 
-REPO = Path(__file__).resolve().parents[1]
-JINA = str(Path(sys.executable).with_name("jina"))
 COLOURS = {
     "red": (220, 30, 30),
     "green": (30, 170, 30),
@@ -42,102 +41,11 @@ COLOURS = {
     "black": (10, 10, 10),
     "white": (255, 255, 255),
 }
-START_TIMEOUT_S = 180  # starting a Flow takes seconds; generous for a loaded 2-core machine
-FLOW_ENV_VARS = (
-    "GRPC_PORT",
-    "HTTP_PORT",
-    "HOST",
-    "WORKSPACE",
-    "TEXT_TOWER",
-    "VISION_TOWER",
-    "IMAGE_ROOTS",
-    "TORCH_THREADS",
-)
-
-pytestmark = pytest.mark.filterwarnings("ignore")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flow_env(run_dir: Path, workspace: Path, image_root: Path) -> dict[str, str]:
-    return {
-        "GRPC_PORT": str(free_port()),
-        "HTTP_PORT": str(free_port()),
-        "HOST": "127.0.0.1",
-        "WORKSPACE": str(workspace),
-        "TEXT_TOWER": str(run_dir / "clip-text"),
-        "VISION_TOWER": str(run_dir / "clip-vision"),
-        "IMAGE_ROOTS": str(image_root),
-        "TORCH_THREADS": "1",  # 2 shared cores: one thread per encoder avoids thrashing
-    }
-
-
-class ServedFlow:
-    """`jina flow --uses YML` in its own process group, so that it can be killed whole.
-
-    A subprocess rather than `Flow.start()` in the test process: jina forks its executors, and
-    forking a process that already runs gRPC clients and earlier Flows can crash it.
-    """
-
-    def __init__(self, yml: str, env: dict[str, str], log: Path):
-        self.yml, self.env, self.log, self.proc = yml, env, log, None
-        self.http = f"http://127.0.0.1:{env['HTTP_PORT']}"
-        self.grpc = f"grpc://127.0.0.1:{env['GRPC_PORT']}"
-
-    def start(self) -> ServedFlow:
-        env = {k: v for k, v in os.environ.items() if k not in FLOW_ENV_VARS}
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [JINA, "flow", "--uses", self.yml],
-                cwd=REPO,
-                env={**env, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"jina flow exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if requests.post(f"{self.http}/status", json={"data": []}, timeout=5).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.kill()
-        pytest.fail(f"jina flow not ready after {START_TIMEOUT_S} s:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        self.kill(signal.SIGINT)  # jina closes its executors (and their stores) on SIGINT
-
-    def kill(self, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=timeout)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        # the executors are children in the same process group: wait until none is left
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        self.proc = None
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log.read_text(errors="replace")[-n:]
+    # 2 shared cores: one torch thread per encoder avoids thrashing
+    return served_flow.flow_env(run_dir, workspace, image_root, torch_threads=1)
 
 
 # --- data, model, Flow ------------------------------------------------------------------
@@ -224,7 +132,7 @@ def http_post(url: str, endpoint: str, data: list[dict], **parameters) -> list[d
     return r.json()["data"]
 
 
-def index_shapes(url: str, shapes: Path) -> DocList[SearchDoc]:
+def index_shapes(url: str, shapes: Path, request_size: int = 5) -> DocList[SearchDoc]:
     """All 16 images: half sent as bytes, half as a path under IMAGE_ROOTS; caption as text."""
     docs = DocList[SearchDoc]()
     for i, (name, caption) in enumerate(sorted(captions(shapes).items())):
@@ -233,7 +141,9 @@ def index_shapes(url: str, shapes: Path) -> DocList[SearchDoc]:
             docs.append(SearchDoc(id=name, uri=str(path), text=caption))
         else:
             docs.append(SearchDoc(id=name, blob=path.read_bytes(), uri=str(path), text=caption))
-    return grpc_client(url).post("/index", docs, request_size=5, return_type=DocList[SearchDoc])
+    return grpc_client(url).post(
+        "/index", docs, request_size=request_size, return_type=DocList[SearchDoc]
+    )
 
 
 # Results of the plain Flow, for the sharded one to be compared with.
@@ -382,6 +292,16 @@ def test_sharded_replicated_flow_answers_like_the_plain_one(trained_run, shapes,
         assert [d.error for d in index_shapes(scaled.grpc, shapes)] == [None] * 16
         info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])[0].info
         assert info["count"] == 16 and len(info["shards"]) == 2
+        per_shard = {s["path"]: s["count"] for s in info["shards"]}
+        # Re-indexing the same images replaces them on their owner shard, however they are
+        # batched: no second copy (with `/index` polled ANY, a batch went to any one shard).
+        for request_size in (16, 3):
+            assert [d.error for d in index_shapes(scaled.grpc, shapes, request_size)] == [None] * 16
+            info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])
+            counts = {s["path"]: s["count"] for s in info[0].info["shards"]}
+            assert info[0].info["count"] == 16 and counts == per_shard
+        everything = grpc_search(scaled.grpc, ["a red square"], 100)[0].matches
+        assert sorted(m.id for m in everything) == sorted(captions(shapes))
         texts = list(PLAIN_RESULTS)
         for answers in (
             [[(m.id, m.score) for m in d.matches] for d in grpc_search(scaled.grpc, texts, 5)],

@@ -1,18 +1,30 @@
-"""HNSWIndexer and MatchMerger: every endpoint and bad input in-process, and one real sharded
-Flow (gRPC and HTTP) whose global top-k must equal brute force."""
+"""HNSWIndexer and MatchMerger: every endpoint and bad input in-process, two shards with their
+merger in-process, and one real sharded Flow (gRPC and HTTP, polled as flow.scaled.yml) whose
+global top-k must equal brute force and whose `/index` must be an upsert by id."""
 
 from __future__ import annotations
 
+import copy
 import socket
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from docarray import DocList
 
-from executors.hnsw_indexer import HNSWIndexer, MatchMerger, positive_int
+from executors.hnsw_indexer import (
+    NOT_OWNER,
+    OWNER_DID_NOT_ANSWER,
+    HNSWIndexer,
+    MatchMerger,
+    owner_shard,
+    positive_int,
+)
 from executors.schemas import Match, SearchDoc, StatusDoc
 
 DIM = 8
+SCALED_FLOW = Path(__file__).resolve().parents[1] / "flow.scaled.yml"
 
 
 def vectors(n: int, seed: int = 0) -> np.ndarray:
@@ -262,6 +274,112 @@ def test_merger_sums_status():
     assert len(info["shards"]) == 2
 
 
+# ---------------------------------------------------------------------- two shards in-process
+
+
+def test_owner_shard_is_fixed_and_spreads_ids():
+    # Fixed values: the owner of an id must not change between processes or releases.
+    assert {i: (owner_shard(i, 2), owner_shard(i, 3)) for i in ("d0", "d3", "ключ", "")} == {
+        "d0": (1, 0),
+        "d3": (0, 0),
+        "ключ": (0, 2),
+        "": (0, 0),
+    }
+    assert owner_shard("red_square.png", 2) == 0 and owner_shard("red_square.png", 3) == 2
+    assert all(owner_shard(f"d{i}", 1) == 0 for i in range(10))
+    for shards in (2, 3):
+        counts = np.bincount([owner_shard(f"d{i}", shards) for i in range(3000)])
+        assert len(counts) == shards and counts.min() > 0.9 * 3000 / shards
+
+
+@pytest.fixture
+def two_shards(tmp_path):
+    shards = [
+        HNSWIndexer(workspace=str(tmp_path), runtime_args={"shards": 2, "shard_id": i})
+        for i in range(2)
+    ]
+    yield shards
+    for shard in shards:
+        shard.close()
+
+
+def post(shards, endpoint: str, batch=(), order=(0, 1), **parameters) -> DocList[SearchDoc]:
+    """What a Flow does with polling ALL: each shard gets its own copy of the request, the
+    merger their answers (in ``order``: jina does not promise one)."""
+    method = endpoint.strip("/")
+    answers = [
+        getattr(shard, method)(docs=docs(*copy.deepcopy(list(batch))), parameters=parameters)
+        for shard in shards
+    ]
+    matrix = [answers[i] for i in order]
+    merger = MatchMerger()
+    merge = merger.merge_matches if endpoint == "/search" else merger.merge_outcomes
+    kwargs = {"parameters": parameters} if endpoint == "/search" else {}
+    return merge(docs=matrix[0], docs_matrix=matrix, **kwargs)
+
+
+def counts(shards) -> list[int]:
+    return [s.status(docs=DocList[StatusDoc]())[0].info["count"] for s in shards]
+
+
+def test_two_shards_upsert_each_id_on_its_owner_only(two_shards):
+    x, new = vectors(20), vectors(5, seed=1)
+    ids = [f"d{i}" for i in range(20)]
+    first = post(
+        two_shards, "/index", [SearchDoc(id=i, embedding=v) for i, v in zip(ids, x, strict=True)]
+    )
+    assert [(d.id, d.error) for d in first] == [(i, None) for i in ids]
+    owned = [sum(owner_shard(i, 2) == k for i in ids) for k in range(2)]
+    assert counts(two_shards) == owned and min(owned) > 0
+    for k, shard in enumerate(two_shards):
+        stored = shard._store.get(ids)
+        assert [r is not None for r in stored] == [owner_shard(i, 2) == k for i in ids]
+
+    nameless = SearchDoc(embedding=x[0] + 1)
+    nameless.id = None  # an HTTP client's document: both shards must derive the same id
+    again = [SearchDoc(id=i, embedding=new[n] if n < 5 else x[n]) for n, i in enumerate(ids)]
+    batch = [*again[:10], SearchDoc(id="bad", embedding=np.ones(3)), nameless, *again[10:]]
+    for order in ((0, 1), (1, 0)):
+        answer = post(two_shards, "/index", batch, order=order)
+        assert [d.id for d in answer][:11] == [*ids[:10], "bad"]
+        assert [d.error for d in answer] == [None] * 10 + [
+            f"embedding has dimension 3, the index expects {DIM}",  # the owner's, not masked
+            None,
+            *[None] * 10,
+        ]
+        assert answer[11].id and sum(counts(two_shards)) == 21
+
+    hits = post(two_shards, "/search", [SearchDoc(embedding=v) for v in (*new, x[7])], limit=30)
+    assert [d.matches[0].id for d in hits] == [*ids[:5], "d7"]
+    assert all(len({m.id for m in d.matches}) == len(d.matches) == 21 for d in hits)
+
+    updated = post(
+        two_shards,
+        "/update",
+        [SearchDoc(id="d5", text="five"), SearchDoc(id="ghost", text="boo")],
+        order=(1, 0),
+    )
+    assert [(d.id, d.error) for d in updated] == [("d5", None), ("ghost", "unknown id")]
+    deleted = post(two_shards, "/delete", [SearchDoc(id="d6")], ids=["nope", "d8"])
+    assert [(d.id, d.error) for d in deleted] == [
+        ("d6", None),
+        ("nope", "unknown id"),
+        ("d8", None),
+    ]
+    assert sum(counts(two_shards)) == 19
+
+
+def test_merger_reports_a_missing_owner_answer():
+    owner_answer = docs(SearchDoc(id="a", error="embedding is a zero vector"))
+    other = docs(SearchDoc(id="a", error=NOT_OWNER))
+    merger = MatchMerger()
+    for matrix in ([owner_answer, other], [other, owner_answer]):
+        merged = merger.merge_outcomes(docs=matrix[0], docs_matrix=copy.deepcopy(matrix))
+        assert [d.error for d in merged] == ["embedding is a zero vector"]
+    alone = merger.merge_outcomes(docs=other, docs_matrix=[other])  # the owner shard failed
+    assert [d.error for d in alone] == [OWNER_DID_NOT_ANSWER]
+
+
 # ---------------------------------------------------------------------- a real sharded Flow
 
 
@@ -271,16 +389,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_sharded_flow_returns_the_global_top_k_over_grpc_and_http(tmp_path):
+def scaled_polling() -> dict[str, str]:
+    """The indexer's polling in flow.scaled.yml, so that the test runs what is deployed."""
+    config = yaml.safe_load(SCALED_FLOW.read_text())
+    (indexer,) = [e for e in config["executors"] if e["uses"] == "HNSWIndexer"]
+    assert indexer["uses_after"] == "MatchMerger" and indexer["shards"] == 2
+    return indexer["polling"]
+
+
+def test_sharded_flow_returns_the_global_top_k_and_upserts_by_id(tmp_path):
     from jina import Client, Flow
 
-    polling = {
-        "/index": "ANY",
-        "/search": "ALL",
-        "/delete": "ALL",
-        "/update": "ALL",
-        "/status": "ALL",
-    }
+    polling = scaled_polling()
+    assert set(polling.values()) == {"ALL"}
     grpc_port, http_port = free_port(), free_port()
     flow = Flow(protocol=["grpc", "http"], port=[grpc_port, http_port], host="127.0.0.1").add(
         uses=HNSWIndexer,
@@ -296,6 +417,8 @@ def test_sharded_flow_returns_the_global_top_k_over_grpc_and_http(tmp_path):
     exact = np.argsort(
         -(queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ normed.T, axis=1
     )
+    ids = [f"d{i}" for i in range(50)]
+    owned = sorted(sum(owner_shard(i, 2) == k for i in ids) for k in range(2))
     with flow:
         clients = [
             Client(host="127.0.0.1", port=p, protocol=proto)
@@ -303,14 +426,14 @@ def test_sharded_flow_returns_the_global_top_k_over_grpc_and_http(tmp_path):
         ]
         indexed = clients[0].post(
             "/index",
-            docs(*(SearchDoc(id=f"d{i}", embedding=x[i]) for i in range(50))),
-            request_size=10,  # ANY polling spreads the requests over both shards
+            docs(*(SearchDoc(id=i, embedding=v) for i, v in zip(ids, x, strict=True))),
+            request_size=10,
             return_type=DocList[SearchDoc],
         )
         assert len(indexed) == 50 and all(d.error is None for d in indexed)
         for client in clients:
             info = client.post("/status", return_type=DocList[StatusDoc])[0].info
-            assert info["count"] == 50 and all(s["count"] > 0 for s in info["shards"])
+            assert info["count"] == 50 and sorted(s["count"] for s in info["shards"]) == owned
             answer = client.post(
                 "/search",
                 docs(*(SearchDoc(embedding=q) for q in queries)),
@@ -319,13 +442,39 @@ def test_sharded_flow_returns_the_global_top_k_over_grpc_and_http(tmp_path):
             )
             for doc, order in zip(answer, exact, strict=True):
                 assert [m.id for m in doc.matches] == [f"d{i}" for i in order[:5]]
+
+        # Re-index every id, the first 8 with new vectors, beside a wrong-dimension vector:
+        # each id still exists once (on its owner), and the owner's error reaches the client.
+        new = vectors(8, seed=7)
+        again = [SearchDoc(id=i, embedding=new[n] if n < 8 else x[n]) for n, i in enumerate(ids)]
+        again.insert(3, SearchDoc(id="bad", embedding=np.ones(3)))
+        reindexed = clients[0].post(
+            "/index", docs(*again), request_size=10, return_type=DocList[SearchDoc]
+        )
+        assert [(d.id, d.error) for d in reindexed] == [
+            (d.id, f"embedding has dimension 3, the index expects {DIM}" if d.id == "bad" else None)
+            for d in again
+        ]
+        info = clients[1].post("/status", return_type=DocList[StatusDoc])[0].info
+        assert info["count"] == 50 and sorted(s["count"] for s in info["shards"]) == owned
+        answer = clients[1].post(
+            "/search",
+            docs(*(SearchDoc(embedding=v) for v in new)),
+            parameters={"limit": 100},
+            return_type=DocList[SearchDoc],
+        )
+        assert [d.matches[0].id for d in answer] == ids[:8]
+        assert all(sorted(m.id for m in d.matches) == sorted(ids) for d in answer)
+
         deleted = clients[1].post(
             "/delete", parameters={"ids": ["d0", "nope"]}, return_type=DocList[SearchDoc]
         )
         assert [(d.id, d.error) for d in deleted] == [("d0", None), ("nope", "unknown id")]
         updated = clients[0].post(
-            "/update", docs(SearchDoc(id="d1", text="one")), return_type=DocList[SearchDoc]
+            "/update",
+            docs(SearchDoc(id="d1", text="one"), SearchDoc(id="d0", text="gone")),
+            return_type=DocList[SearchDoc],
         )
-        assert updated[0].error is None
+        assert [(d.id, d.error) for d in updated] == [("d1", None), ("d0", "unknown id")]
         info = clients[0].post("/status", return_type=DocList[StatusDoc])[0].info
         assert info["count"] == 49 and info["deleted_slots"] == 1
