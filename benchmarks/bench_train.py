@@ -115,8 +115,6 @@ OPENCLIP_LINE = re.compile(
 SETUP_DIFFERENCES = [
     "shuffle order differs (ours: DistributedSampler(seed); open_clip: RandomSampler on the "
     "global RNG), so per-step losses differ by batch noise; compare curves, not steps",
-    "weight decay: ours exempts embeddings (token/positional/class) from decay, open_clip "
-    "decays them (both exempt gains, biases and logit_scale)",
     "ours writes towers + checkpoint.pt after every epoch, open_clip one checkpoint at the end "
     "(--save-frequency 0 still saves the last epoch); both outside the per-step times",
     "open_clip re-starts its DataLoader workers each epoch (not persistent) and asks for "
