@@ -22,10 +22,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +33,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
+from client.served_flow import ServedFlow, flow_env  # noqa: E402
 from finetune.models import BASE_MODEL_DIR  # noqa: E402
 
 # (result key, rounds key) of each search path, and its name in the table
@@ -52,12 +50,6 @@ LATENCY_NAMES = {
     "http": "Flow, HTTP, requests (kept-alive session)",
 }
 QUERY_WORDS = "red green blue small large dog cat car house tree person beach city night".split()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
@@ -136,58 +128,15 @@ class InProcess:
 # --- through the Flow ---------------------------------------------------------------------------
 
 
-class Served:
-    """`jina flow --uses flow.yml` in its own process group."""
+class Served(ServedFlow):
+    """`jina flow --uses flow.yml` in its own process group, started and ready."""
 
     def __init__(self, tower: str, workspace: Path, threads: int, log: Path):
-        self.grpc_port, self.http_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items()}
-        env.update(
-            GRPC_PORT=str(self.grpc_port),
-            HTTP_PORT=str(self.http_port),
-            HOST="127.0.0.1",
-            WORKSPACE=str(workspace),
-            TEXT_TOWER=tower,  # a run folder serves both towers
-            VISION_TOWER=tower,
-            IMAGE_ROOTS="",
-            TORCH_THREADS=str(threads),
-        )
-        jina = str(Path(sys.executable).with_name("jina"))
-        with open(log, "ab") as f:
-            self.proc = subprocess.Popen(
-                [jina, "flow", "--uses", "flow.yml"],
-                cwd=REPO,
-                env=env,
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.log = log
-        self._wait_ready()
-
-    def _wait_ready(self, timeout: float = 300) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the Flow exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if requests.post(f"{self.http}/status", json={"data": []}, timeout=5).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"the Flow did not start in {timeout} s")
-
-    @property
-    def grpc(self) -> str:
-        return f"grpc://127.0.0.1:{self.grpc_port}"
-
-    @property
-    def http(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        # a run folder serves both towers
+        env = flow_env(tower, workspace, image_root="", torch_threads=threads)
+        super().__init__("flow.yml", env, log, start_timeout_s=300)
+        self.grpc_port = int(env["GRPC_PORT"])
+        self.start()
 
     def index(self, paths: list[Path], batch: int, prefix: str) -> float:
         from client.api import IndexItem, SearchClient
@@ -261,16 +210,6 @@ class Served:
             out.append((time.perf_counter() - start) * 1000)
             assert r.ok and r.json()["data"][0]["matches"]
         return out
-
-    def stop(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            self.proc.wait(timeout=60)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 # --- the run ----------------------------------------------------------------------------------

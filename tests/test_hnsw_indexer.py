@@ -398,18 +398,42 @@ def scaled_polling() -> dict[str, str]:
 
 
 def test_sharded_flow_returns_the_global_top_k_and_upserts_by_id(tmp_path):
-    from jina import Client, Flow
+    from jina import Client
+
+    from client.served_flow import ServedFlow
 
     polling = scaled_polling()
     assert set(polling.values()) == {"ALL"}
     grpc_port, http_port = free_port(), free_port()
-    flow = Flow(protocol=["grpc", "http"], port=[grpc_port, http_port], host="127.0.0.1").add(
-        uses=HNSWIndexer,
-        shards=2,
-        polling=polling,
-        uses_after=MatchMerger,
-        workspace=str(tmp_path),
-        timeout_ready=120_000,
+    # A real `jina flow` process: jina forks its executors, which is unsafe from a test process
+    # that has already run torch and gRPC clients.
+    yml = tmp_path / "sharded.yml"
+    yml.write_text(
+        yaml.safe_dump(
+            {
+                "jtype": "Flow",
+                "with": {
+                    "protocol": ["grpc", "http"],
+                    "port": [grpc_port, http_port],
+                    "host": "127.0.0.1",
+                },
+                "executors": [
+                    {
+                        "name": "indexer",
+                        "uses": "HNSWIndexer",
+                        "py_modules": ["executors.hnsw_indexer"],
+                        "shards": 2,
+                        "polling": polling,
+                        "uses_after": "MatchMerger",
+                        "workspace": str(tmp_path / "ws"),
+                    }
+                ],
+            },
+            sort_keys=False,
+        )
+    )
+    flow = ServedFlow(
+        str(yml), {"GRPC_PORT": str(grpc_port), "HTTP_PORT": str(http_port)}, tmp_path / "log"
     )
     x = vectors(50, seed=5)
     queries = vectors(4, seed=6)
