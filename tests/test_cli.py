@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from finetune.cli import build_parser, main
+from finetune.models import BASE_MODEL_DIR
 
 
 def _run(*args, **kw):
@@ -77,6 +78,28 @@ def test_fit_then_eval_from_the_command_line(sample_dir, tmp_path):
     metrics = json.loads(metrics_file.read_text())
     assert set(metrics) >= {"image_retrieval_recall@1", "text_retrieval_recall@5"}
     assert 0.0 <= metrics["image_retrieval_recall@5"] <= 1.0
+
+
+def test_a_newcomer_trains_on_a_csv_of_their_own_pairs(sample_dir, tmp_path):
+    """The README's path: a plain text,image CSV -> `fit` -> both tower folders."""
+    rows = sample_dir.train_file.read_text().splitlines()[1:]
+    lines = ["caption,image"] + [
+        f'"{caption}",{sample_dir.images_dir / image}'
+        for image, caption in (row.split(",", 1) for row in rows)
+    ]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "mine"
+    code = main(
+        ["fit", "--model", str(BASE_MODEL_DIR), "--train-data", str(pairs),
+         "--epochs", "1", "--batch-size", "16", "--learning-rate", "3e-4", "--workers", "0",
+         "--output", str(out), "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    for tower in ("clip-text", "clip-vision"):
+        assert (out / tower / "model.safetensors").is_file()
+        assert (out / tower / "config.json").is_file()
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == -(-len(rows) // 16)
 
 
 def test_bad_input_exits_2_with_a_message_not_a_traceback(tmp_path, capsys):
