@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(markdown(results))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(results, indent=2))
+        Path(args.out).write_text(json.dumps(results, indent=2))
     return results
 
 
