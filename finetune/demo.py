@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.compare import DatasetSpec, compare_one
-from finetune.models import BASE_MODEL_DIR, RUN_CONFIG
+from finetune.models import BASE_MODEL_DIR, RUN_CONFIG, write_json
 from finetune.report import to_markdown, write_report
 from finetune.sample_data import generate_sample_data
 from finetune.train import CHECKPOINT, FitConfig, fit
@@ -82,7 +82,7 @@ def build_base_model(
     config = json.loads((run.output / RUN_CONFIG).read_text())
     config["recipe"] = BASE_MODEL_RECIPE
     config["rebuild"] = "make base-model"
-    (output / RUN_CONFIG).write_text(json.dumps(config, indent=2, default=str))
+    write_json(output / RUN_CONFIG, config)
     return output
 
 

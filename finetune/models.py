@@ -81,6 +81,14 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
+def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
+    """Write JSON atomically (temp file + rename): a reader never sees half a config."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
 def ensure_registered(model_name: str, model_cfg: dict[str, Any]) -> None:
     """Make `model_name` known to open_clip, registering the stored config if it is not."""
     if model_name in open_clip.list_models():

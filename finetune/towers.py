@@ -32,6 +32,7 @@ from finetune.models import (
     is_run_dir,
     read_json,
     tokenizer_for,
+    write_json,
 )
 
 TOWER_FORMAT_VERSION = 1
@@ -77,7 +78,7 @@ def save_towers(bundle: CLIPBundle, out_dir: str | os.PathLike, dtype: torch.dty
             for k, v in state.items()
         }
         _atomic_save(tensors, folder / WEIGHTS_FILE)
-        _write_json(folder / "config.json", {"tower": name, **common, **extra})
+        write_json(folder / "config.json", {"tower": name, **common, **extra})
         paths[name] = folder
     return paths
 
@@ -239,12 +240,4 @@ def _context_length(model_cfg: dict[str, Any]) -> int:
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, os.fspath(tmp))
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    import json
-
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=list))
     os.replace(tmp, path)

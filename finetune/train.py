@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from finetune.data import PairDataset, PairSet, detect_format, load_pairs
 from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import create_loss
-from finetune.models import RUN_CONFIG, CLIPBundle, create_clip, load_towers_into
+from finetune.models import RUN_CONFIG, CLIPBundle, create_clip, load_towers_into, write_json
 from finetune.towers import save_towers
 
 log = logging.getLogger("finetune")
@@ -332,7 +332,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         out.mkdir(parents=True, exist_ok=True)
     metrics_log = MetricsLog(out / METRICS_FILE if env.is_main else None, append=bool(cfg.resume))
     if env.is_main:
-        _write_json(out / RUN_CONFIG, run.config)
+        write_json(out / RUN_CONFIG, run.config)
         log.info(
             "training %s on %d pairs (%d images), %d epochs = %d steps, global batch %d, %s x%d",
             bundle.spec,
@@ -461,7 +461,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
             best=run.best,
             samples_per_second=run.samples_per_second,
         )
-        _write_json(out / RUN_CONFIG, run.config)
+        write_json(out / RUN_CONFIG, run.config)
         log.info("wrote %s and %s", run.text_tower, run.vision_tower)
     metrics_log.close()
     if env.world_size > 1:
@@ -542,12 +542,6 @@ def _item_or_none(t: torch.Tensor | None) -> float | None:
 
 def _dtype(name: str) -> torch.dtype:
     return torch.float16 if name == "float16" else torch.float32
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def _save_checkpoint(path, model, optimizer, scaler, epoch, step, best, patience_left) -> None:
