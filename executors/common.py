@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 from finetune.images import MAX_IMAGE_PIXELS, ImageError, load_image, to_rgb
+from finetune.models import resolve_device  # noqa: F401  (re-exported: the executors' device setting)
 
 T = TypeVar("T")
 
@@ -45,13 +46,6 @@ _PLACEHOLDER = re.compile(r"^\s*\$(\w+|\{\{\s*(?:ENV|env)\.\w+\s*\}\})\s*$")
 
 
 # --- where the tower runs -----------------------------------------------------------------
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """`auto` -> the first CUDA GPU when there is one, else the CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:

@@ -11,18 +11,10 @@ from PIL import Image
 
 from finetune.data import load_pairs
 from finetune.evaluate import DEFAULT_RECALL_K, evaluate_bundle
-from finetune.models import TEXT_TOWER, VISION_TOWER, CLIPBundle, create_clip
+from finetune.models import TEXT_TOWER, VISION_TOWER, CLIPBundle, create_clip, resolve_device
 from finetune.towers import TextTower, VisionTower, load_tower, tower_from_bundle
 
 Model = CLIPBundle | TextTower | VisionTower
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def get_model(

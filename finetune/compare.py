@@ -20,7 +20,7 @@ from typing import Any
 
 from finetune.data import detect_format, load_pairs
 from finetune.evaluate import evaluate_bundle
-from finetune.models import create_clip
+from finetune.models import create_clip, resolve_device
 from finetune.report import make_row, write_report
 from finetune.train import FitConfig, fit
 
@@ -148,7 +148,7 @@ def compare_one(
     test = load_pairs(dataset.test, split=dataset.test_split, **data_options)
 
     def score(model_spec: str) -> dict[str, Any]:
-        bundle = create_clip(model_spec, device=_device(fit_config.device))
+        bundle = create_clip(model_spec, device=resolve_device(fit_config.device))
         return evaluate_bundle(bundle, test, recall_k, progress=fit_config.progress)
 
     log.info(
@@ -193,9 +193,3 @@ def _slug(text: str) -> str:
     return re.sub(
         r"[^A-Za-z0-9._-]+", "_", os.path.basename(text.rstrip("/")) if os.sep in text else text
     )
-
-
-def _device(device: str) -> str:
-    from finetune.api import resolve_device
-
-    return resolve_device(device)

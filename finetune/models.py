@@ -81,6 +81,13 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
         return json.load(f)
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """`auto` -> the first CUDA GPU when there is one, else the CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
     """Write JSON atomically (temp file + rename): a reader never sees half a config."""
     path = Path(path)
