@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="neighbours per query (recall@k)")
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=200)
-    parser.add_argument("--efs", default="16,32,64,128,256", help="comma-separated ef values")
+    parser.add_argument("--efs", default="16,24,28,32,64,128,256", help="comma-separated ef values")
     parser.add_argument("--repeats", type=int, default=5, help="timing runs (median reported)")
     parser.add_argument("--query-threads", type=int, default=1)
     parser.add_argument("--single-queries", type=int, default=200, help="for batch-1 QPS")
