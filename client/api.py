@@ -6,10 +6,12 @@
     for hit in client.search("a red dress", limit=5):
         print(hit.score, hit.uri)
 
-gRPC goes through jina's `Client` (requests are streamed, so the Flow's executors work on
-consecutive batches at the same time); HTTP posts jina's JSON convention, `POST /<endpoint>`
-with `{"data": [...], "parameters": {...}}`. JSON has no bytes, so over HTTP an image travels
-as a `data:` URI in `blob`, which the image encoder accepts.
+gRPC speaks jina's protocol on one kept-open channel (`client.grpc_transport`); indexing keeps
+a few batches in flight, so the Flow's executors work on consecutive batches at the same time.
+HTTP posts jina's JSON convention, `POST /<endpoint>` with `{"data": [...], "parameters":
+{...}}`, on a kept-alive session. JSON has no bytes, so over HTTP an image travels as a `data:`
+URI in `blob`, which the image encoder accepts. Text queries go to `/search`, image queries to
+`/search_by_image` (each passes only its own encoder).
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ import base64
 import mimetypes
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from client.grpc_transport import GatewayError, GrpcTransport
+
 DEFAULT_HOST = "grpc://127.0.0.1:51000"
 DEFAULT_TIMEOUT_S = 300.0
 # Requests the gRPC client may have in flight: enough to keep every executor busy, few enough
-# that image bytes read ahead stay bounded (prefetch x batch size images).
-PREFETCH = 4
+# that image bytes read ahead stay bounded (IN_FLIGHT x batch size images).
+IN_FLIGHT = 4
 
 
 class ClientError(RuntimeError):
@@ -109,7 +114,12 @@ class SearchClient:
         self.host = host
         self.protocol = "http" if parts.scheme.startswith("http") else "grpc"
         self.timeout = timeout
-        self._grpc = None
+        self._target = (
+            f"{parts.hostname}:{parts.port or (443 if parts.scheme.endswith('s') else 80)}"
+        )
+        self._tls = parts.scheme in ("grpcs", "https")
+        self._grpc = None  # GrpcTransport, opened on first use
+        self._http = None  # requests.Session, likewise
 
     # --- the four commands ----------------------------------------------------------------
 
@@ -133,7 +143,22 @@ class SearchClient:
 
         docs = self._index_docs(items, done)
         if self.protocol == "grpc":
-            self._grpc_stream("/index", docs, batch_size, done)
+            from docarray import DocList
+
+            from executors.schemas import SearchDoc
+
+            batches = (
+                DocList[SearchDoc]([SearchDoc(**d) for d in batch])
+                for batch in _batched(docs, batch_size)
+            )
+            with self._grpc_errors():
+                self._transport().pipeline(
+                    "/index",
+                    batches,
+                    lambda answer: done([_outcome(_doc_dict(d)) for d in answer]),
+                    in_flight=IN_FLIGHT,
+                    timeout=self.timeout,
+                )
         else:
             for batch in _batched(docs, batch_size):
                 done([_outcome(d) for d in self._http_post("/index", batch)])
@@ -146,12 +171,15 @@ class SearchClient:
         limit: int = 10,
     ) -> list[Hit]:
         """The `limit` best matches of a text or an image (a file path or bytes)."""
+        from executors.schemas import SEARCH_IMAGE, SEARCH_TEXT
+
         if (text is None) == (image is None):
             raise ValueError("search needs a text or an image, not both")
-        doc: dict[str, Any] = {"text": text}
+        endpoint, doc = SEARCH_TEXT, {"text": text}
         if image is not None:
-            doc = {"blob": image if isinstance(image, bytes) else Path(image).read_bytes()}
-        [answer] = self.post("/search", [doc], {"limit": int(limit)})
+            data = image if isinstance(image, bytes) else Path(image).read_bytes()
+            endpoint, doc = SEARCH_IMAGE, {"blob": data}
+        [answer] = self.post(endpoint, [doc], {"limit": int(limit)})
         if answer.get("error"):
             raise ClientError(f"search failed: {answer['error']}")
         return [
@@ -181,15 +209,30 @@ class SearchClient:
         from executors.schemas import SearchDoc, StatusDoc
 
         out_type = StatusDoc if endpoint == "/status" else SearchDoc
-        result = self._grpc_call(
-            endpoint,
-            DocList[SearchDoc]([SearchDoc(**d) for d in docs]),
-            parameters=parameters or {},
-            return_type=DocList[out_type],
-            request_size=max(1, len(docs)),
-            timeout=self.timeout,
-        )
-        return [_doc_dict(d) for d in result or []]
+        with self._grpc_errors():
+            result = self._transport().post(
+                endpoint,
+                DocList[SearchDoc]([SearchDoc(**d) for d in docs]),
+                parameters=parameters,
+                timeout=self.timeout,
+                return_type=DocList[out_type],
+            )
+        return [_doc_dict(d) for d in result]
+
+    def close(self) -> None:
+        """Close the connections (they are reopened on the next call)."""
+        if self._grpc is not None:
+            self._grpc.close()
+            self._grpc = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+
+    def __enter__(self) -> SearchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _index_docs(self, items: Iterable[IndexItem], done: Callable) -> Iterator[dict]:
         """The documents to send, read lazily; unreadable files are reported, not sent."""
@@ -201,35 +244,19 @@ class SearchClient:
                 continue
             yield {"id": item.id, "blob": data, "uri": item.path, "text": item.caption}
 
-    def _grpc_stream(
-        self, endpoint: str, docs: Iterable[dict], batch_size: int, done: Callable
-    ) -> None:
-        from docarray import DocList
-
-        from executors.schemas import SearchDoc
-
-        def on_done(response: Any) -> None:
-            done([_outcome(_doc_dict(d)) for d in response.docs])
-
-        # no timeout: it would bound the whole stream, i.e. the whole indexing job
-        self._grpc_call(
-            endpoint,
-            (SearchDoc(**d) for d in docs),
-            request_size=batch_size,
-            on_done=on_done,
-            prefetch=PREFETCH,
-            return_type=DocList[SearchDoc],
-        )
-
-    def _grpc_call(self, endpoint: str, inputs: Any, **kwargs: Any) -> Any:
+    def _transport(self) -> GrpcTransport:
         if self._grpc is None:
-            from jina import Client
+            self._grpc = GrpcTransport(self._target, tls=self._tls)
+        return self._grpc
 
-            self._grpc = Client(host=self.host)
+    @contextmanager
+    def _grpc_errors(self) -> Iterator[None]:
         try:
-            return self._grpc.post(endpoint, inputs=inputs, **kwargs)
-        except Exception as e:  # jina raises connection errors of several types
-            raise ClientError(self._unreachable(e)) from e
+            yield
+        except GatewayError as e:
+            if e.unreachable:
+                raise ClientError(self._unreachable(e)) from e
+            raise ClientError(f"the search service at {self.host} failed the request: {e}") from e
 
     def _http_post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
@@ -237,8 +264,12 @@ class SearchClient:
         import requests
 
         payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters or {}}
+        if self._http is None:
+            self._http = requests.Session()  # kept alive: no TCP handshake per query
         try:
-            r = requests.post(self.host.rstrip("/") + endpoint, json=payload, timeout=self.timeout)
+            r = self._http.post(
+                self.host.rstrip("/") + endpoint, json=payload, timeout=self.timeout
+            )
         except requests.RequestException as e:
             raise ClientError(self._unreachable(e)) from e
         if r.status_code != 200:
@@ -250,7 +281,10 @@ class SearchClient:
         return body.get("data") or []
 
     def _unreachable(self, error: Exception) -> str:
-        if isinstance(error, ConnectionError) or "ConnectionError" in type(error).__name__:
+        if (
+            isinstance(error, ConnectionError | GatewayError)
+            or "ConnectionError" in type(error).__name__
+        ):
             return (
                 f"cannot talk to the search service at {self.host} ({type(error).__name__}: "
                 f"{error}); is the Flow running (jina flow --uses flow.yml)?"

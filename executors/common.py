@@ -114,11 +114,6 @@ def path_list(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> 
 # --- documents to images ------------------------------------------------------------------
 
 
-def has_image(doc: Any) -> bool:
-    """Whether a `SearchDoc` carries an image (it then is the image encoder's document)."""
-    return doc.blob is not None or doc.tensor is not None or bool(doc.uri)
-
-
 @dataclass(frozen=True)
 class ImagePolicy:
     """Where images may come from and how large they may be."""

@@ -2,14 +2,18 @@
 
 `CLIPTextEncoder` embeds documents that carry `text` and no image; `CLIPImageEncoder` embeds
 documents that carry an image (`blob`, `tensor` or `uri`, whatever their `text`: when indexing,
-the text of an image document is its caption, kept for display). In the Flow the text encoder
-runs first and the image encoder second, so the image encoder is the one that flags documents
-with neither.
+the text of an image document is its caption, kept for display). Neither touches a document
+that already has an `embedding` or an `error`, so their order in the Flow does not matter; the
+indexer, last, flags the documents nobody could embed.
 
-Both work on `/index`, `/search` and `/update`, and let every other endpoint (`/delete`,
-`/status`, anything unknown) pass through untouched. A document that cannot be embedded gets
-`error` set and no embedding; it never fails the request or the good documents beside it, and a
-document that already carries an `error` is left alone.
+Both bind `/index` and `/update`, the image encoder also image search (`/search_by_image`) and
+the text encoder text search (`/search`). jina's gateway skips an executor that does not bind
+the request's endpoint, so `/delete` and `/status` pass no encoder, and text search passes only
+the text encoder: every executor on a request's path is a network hop (~1.5 ms). The Flow
+therefore runs the image encoder first: jina refuses to start a chain in which an executor binds
+an endpoint that the next one does not, so the text encoder, second, also binds
+`/search_by_image`, to pass those documents through. A document that cannot be embedded gets
+`error` set and no embedding; it never fails the request or the good documents beside it.
 """
 
 # No `from __future__ import annotations` here: jina reads the handlers' `docs` annotations at
@@ -27,7 +31,6 @@ from executors.common import (
     DEFAULT_MAX_BYTES,
     ImagePolicy,
     check_resize_cost,
-    has_image,
     minibatches,
     resolve_device,
     resolve_dtype,
@@ -35,14 +38,13 @@ from executors.common import (
     torch_threads,
 )
 from executors.flow_env import FLOW_ENV_DEFAULTS
-from executors.schemas import SearchDoc
+from executors.schemas import SEARCH_IMAGE, SEARCH_TEXT, SearchDoc, has_image, is_text_query
 from finetune.images import MAX_IMAGE_PIXELS
 from finetune.models import TEXT_TOWER, VISION_TOWER
 from finetune.towers import load_tower
 
 DEFAULT_TEXT_TOWER = FLOW_ENV_DEFAULTS["TEXT_TOWER"]
 DEFAULT_VISION_TOWER = FLOW_ENV_DEFAULTS["VISION_TOWER"]
-NO_CONTENT_ERROR = "document has neither text nor image"
 EMPTY_TEXT_ERROR = "text is empty"
 
 
@@ -72,7 +74,7 @@ class _TowerEncoder(Executor):
         self.tower.module.to(resolve_dtype(self.device, setting(dtype, "auto")))
         self.minibatch_size = int(setting(minibatch_size, 32))
 
-    @requests(on=["/index", "/search"])
+    # `/index` and this encoder's search endpoint are bound by each subclass, to `encode`.
     def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
         for doc in docs:
             # JSON documents posted to the HTTP gateway without an id arrive with id None
@@ -87,13 +89,11 @@ class _TowerEncoder(Executor):
         self.embed(docs)
         return docs
 
-    @requests
-    def pass_through(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return docs
-
     def embed(self, docs: Sequence[SearchDoc]) -> None:
         """Set `embedding` (or `error`) on the documents this encoder is for, in place."""
-        todo = [doc for doc in docs if doc.error is None and self.accepts(doc)]
+        todo = [
+            doc for doc in docs if doc.error is None and doc.embedding is None and self.accepts(doc)
+        ]
         with torch.inference_mode():
             for chunk in minibatches(todo, self.minibatch_size):
                 ready, inputs = [], []
@@ -146,8 +146,17 @@ class CLIPTextEncoder(_TowerEncoder):
     tower_kind = TEXT_TOWER
     default_tower = DEFAULT_TEXT_TOWER
 
+    @requests(on=["/index", SEARCH_TEXT])
+    def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+        return super().encode(docs)
+
+    @requests(on=SEARCH_IMAGE)
+    def pass_through(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+        """Image queries, embedded by the image encoder before this one (see the module)."""
+        return docs
+
     def accepts(self, doc: SearchDoc) -> bool:
-        return doc.text is not None and not has_image(doc)
+        return is_text_query(doc)
 
     def model_input(self, doc: SearchDoc) -> str:
         if not doc.text.strip():
@@ -185,12 +194,9 @@ class CLIPImageEncoder(_TowerEncoder):
         size = self.tower.config["preprocess_cfg"]["size"]
         self.short_side = int(min(size) if isinstance(size, (list, tuple)) else size)
 
-    def embed(self, docs: Sequence[SearchDoc]) -> None:
-        # Last encoder of the Flow: a doc nobody could embed is flagged here.
-        for doc in docs:
-            if doc.error is None and doc.text is None and not has_image(doc):
-                doc.error = NO_CONTENT_ERROR
-        super().embed(docs)
+    @requests(on=["/index", SEARCH_IMAGE])
+    def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+        return super().encode(docs)
 
     def accepts(self, doc: SearchDoc) -> bool:
         return has_image(doc)

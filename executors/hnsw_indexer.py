@@ -1,10 +1,12 @@
 """Jina executors over `HNSWStore`: `HNSWIndexer` (one per shard) and `MatchMerger`.
 
 `HNSWIndexer` keeps its store in ``self.workspace`` (per shard when sharded) and serves
-``/index``, ``/search``, ``/delete``, ``/update`` and ``/status``. Every endpoint answers per
-document: a rejected document gets ``error`` set and the good documents beside it go through;
-documents that arrive with ``error`` already set (by an encoder) are passed through untouched.
-Large payloads (``blob``, ``tensor``, ``embedding``) are dropped from the responses.
+``/index``, ``/search`` (text queries), ``/search_by_image``, ``/delete``, ``/update`` and
+``/status``. Every endpoint answers per document: a rejected document gets ``error`` set and the
+good documents beside it go through; documents that arrive with ``error`` already set (by an
+encoder) are passed through untouched, and one that arrives without an embedding is told why
+(nothing to embed, or an image sent to text search and vice versa). Large payloads (``blob``,
+``tensor``, ``embedding``) are dropped from the responses.
 
 Sharding: every id has exactly one owner shard, `owner_shard` (a BLAKE2b hash of the UTF-8 id
 modulo the number of shards, read from Jina's ``runtime_args``; 1 shard when not sharded, which
@@ -43,10 +45,22 @@ from docarray import DocList
 from jina import Executor, requests
 
 from executors.hnsw_store import HNSWStore, check_vector
-from executors.schemas import Match, SearchDoc, StatusDoc
+from executors.schemas import (
+    SEARCH_IMAGE,
+    SEARCH_TEXT,
+    Match,
+    SearchDoc,
+    StatusDoc,
+    has_image,
+    is_text_query,
+)
 
 DEFAULT_LIMIT = 10
 UNKNOWN_ID = "unknown id"
+NO_CONTENT_ERROR = "document has neither text nor image"
+IMAGE_TO_TEXT_SEARCH = f"an image query: send it to {SEARCH_IMAGE}"
+TEXT_TO_IMAGE_SEARCH = f"a text query: send it to {SEARCH_TEXT}"
+NO_EMBEDDING = "no embedding to search with"
 # Set by a shard on each document whose id another shard owns; `MatchMerger` replaces it.
 NOT_OWNER = "not this shard's id (a sharded HNSWIndexer needs MatchMerger as uses_after)"
 OWNER_DID_NOT_ANSWER = "the shard that owns this id did not answer"
@@ -98,7 +112,7 @@ class HNSWIndexer(Executor):
         todo = []
         for doc in _without_error(docs):
             if doc.embedding is None:
-                doc.error = "no embedding to index"
+                doc.error = _not_embedded(doc, "no embedding to index")
                 continue
             if not doc.id:  # documents posted over HTTP without an id
                 doc.id = content_id(doc) if self.shards > 1 else uuid.uuid4().hex
@@ -116,15 +130,29 @@ class HNSWIndexer(Executor):
         _set_errors(todo, errors)
         return _strip_payloads(docs)
 
-    @requests(on="/search")
+    @requests(on=SEARCH_TEXT)
     def search(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        """Set ``matches`` (best first) of every document with an embedding.
+        """Set ``matches`` (best first) of every document with an embedding (from the text
+        encoder, or sent along). Parameters: ``limit`` (default 10, clamped to ``max_limit``)
+        and ``ef``."""
+        return self._search(
+            docs, parameters or {}, wrong_modality=has_image, hint=IMAGE_TO_TEXT_SEARCH
+        )
 
-        Parameters: ``limit`` (default 10, clamped to ``max_limit``) and ``ef``.
-        """
-        parameters = parameters or {}
+    @requests(on=SEARCH_IMAGE)
+    def search_by_image(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        """`search` for documents the image encoder embedded."""
+        return self._search(
+            docs, parameters or {}, wrong_modality=is_text_query, hint=TEXT_TO_IMAGE_SEARCH
+        )
+
+    def _search(
+        self, docs: DocList[SearchDoc], parameters: dict, wrong_modality: Any, hint: str
+    ) -> DocList[SearchDoc]:
         limit, error = search_limit(parameters, self.max_limit)
         ef, ef_error = (None, None)
         if parameters.get("ef") is not None:
@@ -132,8 +160,10 @@ class HNSWIndexer(Executor):
         queries, vectors = [], []
         for doc in _without_error(docs):
             doc.error = error or ef_error
+            if doc.error is None and doc.embedding is None:
+                doc.error = hint if wrong_modality(doc) else _not_embedded(doc, NO_EMBEDDING)
             if doc.error is None:
-                vec, doc.error = self._query_vector(doc)
+                vec, doc.error = check_vector(doc.embedding, self._store.dim)
                 if vec is not None:
                     queries.append(doc)
                     vectors.append(vec)
@@ -199,11 +229,6 @@ class HNSWIndexer(Executor):
     def _owns(self, doc_id: str) -> bool:
         return self.shards == 1 or owner_shard(doc_id, self.shards) == self.shard_id
 
-    def _query_vector(self, doc: SearchDoc) -> tuple[np.ndarray | None, str | None]:
-        if doc.embedding is None:
-            return None, "no embedding to search with"
-        return check_vector(doc.embedding, self._store.dim)
-
     @staticmethod
     def _with_ids(docs: DocList[SearchDoc]) -> list[SearchDoc]:
         """The documents to act on: no error yet, and an id (else they get an error)."""
@@ -223,7 +248,7 @@ class MatchMerger(Executor):
         super().__init__(**kwargs)
         self.max_limit = int(max_limit)
 
-    @requests(on="/search")
+    @requests(on=[SEARCH_TEXT, SEARCH_IMAGE])
     def merge_matches(
         self,
         docs: DocList[SearchDoc],
@@ -337,6 +362,11 @@ def _id_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def _not_embedded(doc: SearchDoc, otherwise: str) -> str:
+    """Why a document reached the indexer without an embedding."""
+    return NO_CONTENT_ERROR if doc.text is None and not has_image(doc) else otherwise
 
 
 def _without_error(docs: Iterable[SearchDoc]) -> list[SearchDoc]:

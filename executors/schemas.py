@@ -13,6 +13,12 @@ from typing import Any
 from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
 
+# The Flow's search endpoints, one per query modality. Each passes only the encoder it needs
+# (jina's gateway skips an executor that does not bind the endpoint), because every executor
+# on the path costs a network hop: text search is gateway -> text encoder -> indexer.
+SEARCH_TEXT = "/search"
+SEARCH_IMAGE = "/search_by_image"
+
 
 class Match(BaseDoc):
     """One search hit: the stored fields of an indexed document and its cosine score."""
@@ -38,3 +44,13 @@ class StatusDoc(BaseDoc):
     """Answer of `/status`: counts and index parameters."""
 
     info: dict[str, Any] = {}
+
+
+def has_image(doc: SearchDoc) -> bool:
+    """Whether a document carries an image (it then is the image encoder's document)."""
+    return doc.blob is not None or doc.tensor is not None or bool(doc.uri)
+
+
+def is_text_query(doc: SearchDoc) -> bool:
+    """Whether a document carries text and no image (it then is the text encoder's)."""
+    return doc.text is not None and not has_image(doc)

@@ -30,13 +30,12 @@ from executors.common import (
 )
 from executors.encoders import (
     EMPTY_TEXT_ERROR,
-    NO_CONTENT_ERROR,
     CLIPImageEncoder,
     CLIPTextEncoder,
     clip_text,
 )
 from executors.flow_env import apply_flow_env_defaults
-from executors.schemas import SearchDoc
+from executors.schemas import SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
 from finetune.images import ImageError
 from finetune.models import BASE_MODEL_DIR
 from finetune.towers import load_tower, read_tower_state
@@ -147,8 +146,22 @@ def test_text_encoder_leaves_image_docs_and_others_alone(text_encoder):
     image_doc = SearchDoc(blob=png(), text="a caption")
     out = run(text_encoder, image_doc, SearchDoc(), SearchDoc(text="hello"))
     assert out[0].embedding is None and out[0].error is None and out[0].blob is not None
-    assert out[1].embedding is None and out[1].error is None  # the image encoder decides
+    assert out[1].embedding is None and out[1].error is None  # the indexer says what is missing
     assert out[2].embedding is not None
+
+
+def test_encoders_leave_documents_that_already_have_an_embedding(text_encoder, image_encoder):
+    # the image encoder runs first in the Flow: an image with a caption and no uri must keep
+    # its image embedding when it reaches the text encoder
+    sent = SearchDoc(blob=png(), text="a caption")
+    [after_image] = run(image_encoder, sent)
+    image_vector = after_image.embedding.copy()
+    assert after_image.blob is None and after_image.text == "a caption"
+    [after_text] = run(text_encoder, after_image)
+    np.testing.assert_array_equal(after_text.embedding, image_vector)
+    given = np.ones(4, dtype=np.float32)  # a query with its own vector passes both untouched
+    [out] = run(text_encoder, *run(image_encoder, SearchDoc(text="t", embedding=given)))
+    np.testing.assert_array_equal(out.embedding, given)
 
 
 # --- bad inputs, each beside a good document --------------------------------------------
@@ -157,7 +170,6 @@ def test_text_encoder_leaves_image_docs_and_others_alone(text_encoder):
 @pytest.mark.parametrize(
     "bad, expected",
     [
-        (SearchDoc(), NO_CONTENT_ERROR),
         (SearchDoc(blob=b"definitely not an image"), "image blob: cannot decode image"),
         (SearchDoc(blob=b""), "image blob: cannot decode image"),
         (SearchDoc(blob=bomb_png()), "decompression bomb"),
@@ -236,12 +248,21 @@ def test_docs_with_an_error_pass_through_untouched(text_encoder, image_encoder):
     assert out[0].embedding is None and out[1].embedding is None and out[1].blob == b"x"
 
 
-def test_other_endpoints_pass_through_and_ids_are_assigned(text_encoder, image_encoder):
-    docs = DocList[SearchDoc]([SearchDoc(id="keep"), SearchDoc(text="t")])
-    for encoder in (text_encoder, image_encoder):
-        assert set(encoder.requests) >= {"/index", "/search", "/update", "/default"}
-        passed = encoder.pass_through(docs)  # what /delete, /status, ... reach
-        assert [d.error for d in passed] == [None, None] and passed[1].embedding is None
+def test_each_encoder_binds_only_the_endpoints_on_its_path(text_encoder, image_encoder):
+    # jina's gateway skips an executor that does not bind the endpoint: /delete and /status
+    # pass no encoder, text search only the text encoder
+    def bound(encoder):
+        return set(encoder.requests) - {"_jina_dry_run_"}  # jina's own health check
+
+    assert bound(image_encoder) == {"/index", "/update", SEARCH_IMAGE}
+    assert bound(text_encoder) == {"/index", "/update", SEARCH_TEXT, SEARCH_IMAGE}
+    # the text encoder, second in the Flow, passes image queries through as they are
+    docs = DocList[SearchDoc]([SearchDoc(id="q", blob=png()), SearchDoc(text="t")])
+    passed = text_encoder.pass_through(docs)
+    assert passed[0].blob is not None and passed[1].embedding is None
+
+
+def test_ids_are_assigned_to_new_documents_only(text_encoder):
     no_id = SearchDoc(text="q")
     no_id.id = None  # as the HTTP gateway delivers JSON documents without an id
     assert run(text_encoder, no_id)[0].id

@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 from client import served_flow
 from client.api import IndexItem, SearchClient
 from client.served_flow import FLOW_ENV_VARS, REPO, ServedFlow
-from executors.schemas import SearchDoc, StatusDoc
+from executors.hnsw_indexer import IMAGE_TO_TEXT_SEARCH, TEXT_TO_IMAGE_SEARCH
+from executors.schemas import SEARCH_IMAGE, SearchDoc, StatusDoc
 from finetune.models import BASE_MODEL_DIR
 
 COLOURS = {
@@ -203,14 +204,15 @@ def test_bad_documents_beside_good_ones_over_grpc_and_http(flow, shapes):
     assert out["empty-text"] == "text is empty"
 
     data_uri = "data:image/png;base64," + base64.b64encode(good).decode()
-    answers = http_post(
-        flow.http,
-        "/search",
-        [{"text": "a red square"}, {"text": ""}, {"uri": "/etc/shadow"}, {"blob": data_uri}, {}],
-        limit=2,
-    )
+    sent = [{"text": "a red square"}, {"text": ""}, {"uri": "/etc/shadow"}, {"blob": data_uri}, {}]
+    answers = http_post(flow.http, "/search", sent, limit=2)
     assert answers[0]["error"] is None and answers[0]["matches"]
     assert answers[1]["error"] == "text is empty" and not answers[1]["matches"]
+    # text search passes only the text encoder: images are sent on, not read
+    assert answers[2]["error"] == answers[3]["error"] == IMAGE_TO_TEXT_SEARCH
+    assert answers[4]["error"] == "document has neither text nor image"
+    answers = http_post(flow.http, SEARCH_IMAGE, sent, limit=2)
+    assert answers[0]["error"] == TEXT_TO_IMAGE_SEARCH
     assert "outside the allowed image roots" in answers[2]["error"]
     assert answers[3]["error"] is None  # an image query sent as a data: URI (JSON has no bytes)
     assert answers[3]["matches"][0]["id"] in ("red_square.png", "extra-good")
@@ -314,6 +316,11 @@ def test_sharded_replicated_flow_answers_like_the_plain_one(trained_run, shapes,
                 want = PLAIN_RESULTS[text]
                 assert [i for i, _ in got] == [i for i, _ in want], text
                 assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+        # image search: its own endpoint, polled on all shards and merged too
+        name = sorted(captions(shapes))[3]
+        hits = SearchClient(scaled.grpc).search(image=shapes / "images" / name, limit=20)
+        assert hits[0].id == name and hits[0].score == pytest.approx(1, abs=1e-3)
+        assert len(hits) == 16 and [h.score for h in hits] == sorted(h.score for h in hits)[::-1]
     finally:
         scaled.stop()
 

@@ -14,8 +14,11 @@ import yaml
 from docarray import DocList
 
 from executors.hnsw_indexer import (
+    IMAGE_TO_TEXT_SEARCH,
+    NO_CONTENT_ERROR,
     NOT_OWNER,
     OWNER_DID_NOT_ANSWER,
+    TEXT_TO_IMAGE_SEARCH,
     HNSWIndexer,
     MatchMerger,
     owner_shard,
@@ -67,6 +70,7 @@ def test_index_good_docs_beside_bad_ones(indexer):
             SearchDoc(id="good", embedding=x[0], uri="a.jpg", blob=b"jpeg", tensor=np.ones((2, 2))),
             SearchDoc(id="short", embedding=np.ones(3)),
             SearchDoc(id="none"),
+            SearchDoc(id="caption", text="an image that failed upstream would carry an error"),
             SearchDoc(id="pre", embedding=x[1], error="cannot decode image"),
             SearchDoc(id="dup", embedding=x[2]),
             SearchDoc(id="dup", embedding=x[3], text="second"),
@@ -75,7 +79,8 @@ def test_index_good_docs_beside_bad_ones(indexer):
     )
     errors = {(d.id, d.text): d.error for d in answer}
     assert errors[("good", None)] is None and errors[("dup", "second")] is None
-    assert errors[("none", None)] == "no embedding to index"
+    assert errors[("none", None)] == NO_CONTENT_ERROR
+    assert next(d.error for d in answer if d.id == "caption") == "no embedding to index"
     assert errors[("pre", None)] == "cannot decode image"  # untouched
     assert "duplicate" in errors[("dup", None)] and "NaN" in errors[("nan", None)]
     assert errors[("short", None)] == f"embedding has dimension 3, the index expects {DIM}"
@@ -151,6 +156,26 @@ def test_search_bad_queries_beside_good_ones(filled):
     assert answer[4].error is None and answer[4].matches[0].id == "d5"
     bad_ef = indexer.search(docs=docs(SearchDoc(embedding=x[5])), parameters={"ef": "x"})
     assert bad_ef[0].error == "ef must be an integer, got 'x'"
+
+
+def test_queries_sent_to_the_other_modalitys_search_are_told_where_to_go(filled):
+    indexer, x = filled
+    sent = [SearchDoc(blob=b"png"), SearchDoc(text="a cat"), SearchDoc(), SearchDoc(embedding=x[5])]
+    by_text = indexer.search(docs=docs(*[d.model_copy() for d in sent]))
+    by_image = indexer.search_by_image(docs=docs(*[d.model_copy() for d in sent]))
+    assert [d.error for d in by_text] == [
+        IMAGE_TO_TEXT_SEARCH,
+        "no embedding to search with",
+        NO_CONTENT_ERROR,
+        None,
+    ]
+    assert [d.error for d in by_image] == [
+        "no embedding to search with",
+        TEXT_TO_IMAGE_SEARCH,
+        NO_CONTENT_ERROR,
+        None,
+    ]
+    assert by_text[3].matches[0].id == by_image[3].matches[0].id == "d5"
 
 
 def test_positive_int():
