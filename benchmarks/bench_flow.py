@@ -2,15 +2,22 @@
 
     .venv/bin/python benchmarks/bench_flow.py                      # committed base model
     .venv/bin/python benchmarks/bench_flow.py --tower runs/demo --images 512 --queries 300
+    .venv/bin/python benchmarks/bench_flow.py --model ViT-B-32 --images 64 --threads 2
 
-Side by side, in one run, on the same tower and the same kind of store:
+Side by side, in one run, on the same towers and the same kind of store:
 
 - text search latency, one query at a time: in-process (`TextTower.encode` + `HNSWStore.search`)
-  vs end to end through `jina flow --uses flow.yml` over gRPC (jina `Client`) and over HTTP
-  (`requests`, kept-alive session); p50 / p99, and the Flow's overhead at p50 (target <= 5 ms);
+  vs end to end through `jina flow --uses flow.yml`: over gRPC with the project's client
+  (`client.api.SearchClient`, one kept-open channel) and with jina's `Client` (a new channel
+  per call), and over HTTP (`SearchClient`, kept-alive session); p50 / p99, and the Flow's
+  overhead at p50 (target <= 5 ms);
 - indexing throughput, images/s with the same batch size: the image encoder executor called
   in-process (and the encoder plus the store's upsert) vs the Flow fed over gRPC by
-  `client.api.SearchClient.index` (streamed; target ratio >= 0.9).
+  `SearchClient.index` (a few batches in flight; target ratio >= 0.9).
+
+`--tower` serves a run folder (default: the committed base model, a ViT-Tiny-8, where the
+Flow's per-document costs weigh most); `--model NAME` serves random-init towers of an open_clip
+architecture instead (speed does not depend on the weights).
 
 The machine is noisy (shared cores): each measurement is repeated `--rounds` times, in turns,
 and the medians are reported. Prints a markdown table and writes the numbers as JSON.
@@ -40,14 +47,14 @@ from finetune.models import BASE_MODEL_DIR  # noqa: E402
 LATENCY_PATHS = (
     ("in_process", "lat_in"),
     ("grpc", "lat_grpc"),
-    ("grpc_channel", "lat_grpc_channel"),
+    ("grpc_jina_client", "lat_grpc_jina"),
     ("http", "lat_http"),
 )
 LATENCY_NAMES = {
     "in_process": "in-process encode + knn",
-    "grpc": "Flow, gRPC, jina Client (new channel per call)",
-    "grpc_channel": "Flow, gRPC, one kept-open channel",
-    "http": "Flow, HTTP, requests (kept-alive session)",
+    "grpc": "Flow, gRPC, SearchClient (kept-open channel)",
+    "grpc_jina_client": "Flow, gRPC, jina Client (new channel per call)",
+    "http": "Flow, HTTP, SearchClient (kept-alive session)",
 }
 QUERY_WORDS = "red green blue small large dog cat car house tree person beach city night".split()
 
@@ -89,8 +96,9 @@ class InProcess:
         from executors.hnsw_store import HNSWStore
         from finetune.towers import load_tower
 
-        self.image_encoder = CLIPImageEncoder(tower=tower, num_threads=threads)
-        self.text_tower = load_tower(tower, "clip-text")
+        # the tower folders the Flow's encoders load (flow_env points them there too)
+        self.image_encoder = CLIPImageEncoder(tower=f"{tower}/clip-vision", num_threads=threads)
+        self.text_tower = load_tower(f"{tower}/clip-text", "clip-text")
         self.store = HNSWStore(workspace)
 
     def index_batches(self, paths: list[Path], batch: int, store: bool) -> float:
@@ -150,7 +158,20 @@ class Served(ServedFlow):
             raise RuntimeError(f"{len(failed)} images failed, e.g. {failed[0]}")
         return len(paths) / elapsed
 
-    def search_grpc_ms(self, texts: list[str], limit: int) -> list[float]:
+    def search_ms(self, url: str, texts: list[str], limit: int) -> list[float]:
+        """Text queries through the project's client, `url` grpc:// or http://."""
+        from client.api import SearchClient
+
+        out = []
+        with SearchClient(url) as client:
+            for text in texts:
+                start = time.perf_counter()
+                hits = client.search(text, limit=limit)
+                out.append((time.perf_counter() - start) * 1000)
+                assert hits
+        return out
+
+    def search_jina_client_ms(self, texts: list[str], limit: int) -> list[float]:
         from docarray import DocList
         from jina import Client
 
@@ -169,47 +190,14 @@ class Served(ServedFlow):
             assert r[0].error is None and r[0].matches
         return out
 
-    def search_grpc_channel_ms(self, texts: list[str], limit: int) -> list[float]:
-        """gRPC on one kept-open channel: the Flow's own cost, without the jina Client's
-        per-call setup (it opens a new channel and event loop for every `post`)."""
-        import grpc
-        from docarray import DocList
-        from jina.proto import jina_pb2_grpc
-        from jina.types.request.data import DataRequest
 
-        from executors.schemas import SearchDoc
+def random_init_towers(model: str, folder: Path) -> str:
+    """A run-like folder with random-init towers of open_clip architecture `model`."""
+    from finetune.models import create_clip
+    from finetune.towers import save_towers
 
-        out = []
-        with grpc.insecure_channel(f"127.0.0.1:{self.grpc_port}") as channel:
-            stub = jina_pb2_grpc.JinaSingleDataRequestRPCStub(channel)
-            for text in texts:
-                start = time.perf_counter()
-                request = DataRequest()
-                request.header.exec_endpoint = "/search"
-                request.document_array_cls = DocList[SearchDoc]
-                request.data.docs = DocList[SearchDoc]([SearchDoc(text=text)])
-                request.parameters = {"limit": limit}
-                response = stub.process_single_data(request)
-                response.document_array_cls = DocList[SearchDoc]
-                docs = response.docs
-                out.append((time.perf_counter() - start) * 1000)
-                assert docs[0].error is None and docs[0].matches
-        return out
-
-    def search_http_ms(self, texts: list[str], limit: int) -> list[float]:
-        import requests
-
-        session, out = requests.Session(), []
-        for text in texts:
-            start = time.perf_counter()
-            r = session.post(
-                f"{self.http}/search",
-                json={"data": [{"text": text}], "parameters": {"limit": limit}},
-                timeout=60,
-            )
-            out.append((time.perf_counter() - start) * 1000)
-            assert r.ok and r.json()["data"][0]["matches"]
-        return out
+    save_towers(create_clip(model), folder)
+    return str(folder)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -218,6 +206,7 @@ class Served(ServedFlow):
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tower", default=str(BASE_MODEL_DIR), help="run folder (both towers)")
+    p.add_argument("--model", help="serve random-init towers of this open_clip architecture")
     p.add_argument("--images", type=int, default=256, help="images to index per round")
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=32)
@@ -235,29 +224,21 @@ def main(argv: list[str] | None = None) -> dict:
         tmp = Path(tmp)
         paths = make_images(tmp / "images", args.images, args.image_size)
         texts = queries(args.queries)
+        if args.model:
+            args.tower = random_init_towers(args.model, tmp / "towers")
         local = InProcess(args.tower, tmp / "store", args.threads)
-        print(f"starting the Flow ({args.tower}) ...", file=sys.stderr)
+        print(f"starting the Flow ({args.model or args.tower}) ...", file=sys.stderr)
         served = Served(args.tower, tmp / "ws", args.threads, tmp / "flow.log")
-        rounds: dict[str, list] = {
-            k: []
-            for k in (
-                "inproc_enc",
-                "inproc_enc_store",
-                "flow_index",
-                "lat_in",
-                "lat_grpc",
-                "lat_grpc_channel",
-                "lat_http",
-            )
-        }
+        rounds: dict[str, list] = {k: [] for k in ("inproc_enc", "inproc_enc_store", "flow_index")}
+        rounds.update({key: [] for _, key in LATENCY_PATHS})
         try:
             # warm-up: first calls pay for lazy initialisation on both sides
             local.index_batches(paths[: args.batch_size], args.batch_size, store=True)
             served.index(paths[: args.batch_size], args.batch_size, prefix="warm-")
             local.search_ms(texts[:10], args.limit)
-            served.search_grpc_ms(texts[:10], args.limit)
-            served.search_grpc_channel_ms(texts[:10], args.limit)
-            served.search_http_ms(texts[:10], args.limit)
+            served.search_ms(served.grpc, texts[:10], args.limit)
+            served.search_jina_client_ms(texts[:10], args.limit)
+            served.search_ms(served.http, texts[:10], args.limit)
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
                 rounds["inproc_enc"].append(
@@ -267,12 +248,13 @@ def main(argv: list[str] | None = None) -> dict:
                     local.index_batches(paths, args.batch_size, store=True)
                 )
                 rounds["flow_index"].append(served.index(paths, args.batch_size, prefix=f"r{r}-"))
-                rounds["lat_in"].append(percentiles(local.search_ms(texts, args.limit)))
-                rounds["lat_grpc"].append(percentiles(served.search_grpc_ms(texts, args.limit)))
-                rounds["lat_grpc_channel"].append(
-                    percentiles(served.search_grpc_channel_ms(texts, args.limit))
-                )
-                rounds["lat_http"].append(percentiles(served.search_http_ms(texts, args.limit)))
+                for key, ms in (
+                    ("lat_in", local.search_ms(texts, args.limit)),
+                    ("lat_grpc", served.search_ms(served.grpc, texts, args.limit)),
+                    ("lat_grpc_jina", served.search_jina_client_ms(texts, args.limit)),
+                    ("lat_http", served.search_ms(served.http, texts, args.limit)),
+                ):
+                    rounds[key].append(percentiles(ms))
         finally:
             served.stop()
             local.store.close()
@@ -339,7 +321,7 @@ def print_tables(r: dict) -> None:
         f"| in-process image encoder + store upsert | {i['in_process_encoder_and_store']:.1f} "
         f"| {ratio['encoder_and_store']:.2f} |"
     )
-    print(f"| Flow over gRPC (streamed) | {i['flow_grpc']:.1f} | 1.00 |")
+    print(f"| Flow over gRPC (SearchClient.index) | {i['flow_grpc']:.1f} | 1.00 |")
 
 
 if __name__ == "__main__":
