@@ -11,13 +11,27 @@ embedding) instead of failing the request, so the good documents beside it go th
 from typing import Any
 
 from docarray import BaseDoc, DocList
-from docarray.typing import NdArray
+from docarray.typing import ID, NdArray
+from pydantic import Field
 
 # The Flow's search endpoints, one per query modality. Each passes only the encoder it needs
 # (jina's gateway skips an executor that does not bind the endpoint), because every executor
 # on the path costs a network hop: text search is gateway -> text encoder -> indexer.
 SEARCH_TEXT = "/search"
 SEARCH_IMAGE = "/search_by_image"
+
+
+def _id_from_protobuf(cls: type[ID], pb_msg: str) -> ID:
+    return cls._docarray_validate(pb_msg)
+
+
+# docarray 0.41 reads every document's `id` from protobuf with pydantic's deprecated
+# `parse_obj_as`, which builds a new TypeAdapter per call: half the cost of deserialising a
+# document, paid by every executor on every hop (measured: 32 image documents 3.0 -> 1.35 ms,
+# a search answer with 10 matches 0.79 -> 0.27 ms). The validation that adapter runs is
+# `ID._docarray_validate` (the value as a string), so call it directly. Every executor and
+# the client import this module, so every process that reads documents gets it.
+ID.from_protobuf = classmethod(_id_from_protobuf)
 
 
 class Match(BaseDoc):
@@ -36,7 +50,13 @@ class SearchDoc(BaseDoc):
     tensor: NdArray | None = None
     embedding: NdArray | None = None
     tags: dict[str, Any] = {}
-    matches: DocList[Match] = DocList[Match]()
+    # A factory, not a default instance: pydantic deep-copies a mutable default for every new
+    # document, and a DocList copies by pickling (70 us per SearchDoc(), 4 us with this). The
+    # schema keeps `"default": []`: jina's gateway rebuilds the model from it, and without a
+    # default there the HTTP endpoint would require `matches` in every request.
+    matches: DocList[Match] = Field(
+        default_factory=DocList[Match], json_schema_extra={"default": []}
+    )
     error: str | None = None
 
 
