@@ -51,8 +51,9 @@ class GrpcTransport:
     ) -> Any:
         """One request; returns the response documents as a `return_type` (a `DocList`
         class; default: that of `docs`)."""
-        future = self._call.future(_request(endpoint, docs, parameters), timeout=timeout)
-        return _documents(future, return_type or type(docs))
+        request = _request(endpoint, docs, parameters)
+        # the blocking call waits on this thread; a future would start a helper thread
+        return _documents(lambda: self._call(request, timeout=timeout), return_type or type(docs))
 
     def pipeline(
         self,
@@ -70,9 +71,11 @@ class GrpcTransport:
                 request = _request(endpoint, docs, None)
                 pending.append((self._call.future(request, timeout=timeout), type(docs)))
                 if len(pending) >= in_flight:
-                    on_response(_documents(*pending.popleft()))
+                    future, doc_list_type = pending.popleft()
+                    on_response(_documents(future.result, doc_list_type))
             while pending:
-                on_response(_documents(*pending.popleft()))
+                future, doc_list_type = pending.popleft()
+                on_response(_documents(future.result, doc_list_type))
         finally:
             for future, _ in pending:  # after an error: stop what is still running
                 future.cancel()
@@ -92,11 +95,12 @@ def _request(endpoint: str, docs: Any, parameters: dict[str, Any] | None) -> Any
     return request
 
 
-def _documents(future: Any, doc_list_type: type) -> Any:
+def _documents(response_of: Callable[[], Any], doc_list_type: type) -> Any:
+    """The documents of a reply, which `response_of()` waits for; errors as `GatewayError`."""
     from jina.proto import jina_pb2
 
     try:
-        response = future.result()
+        response = response_of()
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
         details = e.details() if hasattr(e, "details") else str(e)

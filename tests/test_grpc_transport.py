@@ -44,6 +44,9 @@ class FakeStub:
         self.in_flight = self.most_in_flight = 0
         self.futures: list[FakeFuture] = []
 
+    def __call__(self, request, timeout=None):  # the blocking call
+        return self.future(request, timeout).result()
+
     def future(self, request, timeout=None):
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
