@@ -158,9 +158,10 @@ class Served(ServedFlow):
         from client.api import IndexItem, SearchClient
 
         items = [IndexItem(f"{prefix}{p.name}", str(p)) for p in paths]
-        start = time.perf_counter()
-        outcomes = SearchClient(self.grpc).index(items, batch_size=batch)
-        elapsed = time.perf_counter() - start
+        with SearchClient(self.grpc) as client:
+            start = time.perf_counter()
+            outcomes = client.index(items, batch_size=batch)
+            elapsed = time.perf_counter() - start
         failed = [o for o in outcomes if o.error]
         if failed:
             raise RuntimeError(f"{len(failed)} images failed, e.g. {failed[0]}")
