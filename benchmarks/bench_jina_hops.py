@@ -6,8 +6,10 @@
 Starts Flows (same gateway settings as flow.yml: gRPC + HTTP) of N do-nothing executors
 (`passthrough_executor.PassThrough`; the last one attaches `--limit` canned matches, so the
 answer is as large as a real search's) and sends one text query at a time over the project's
-gRPC client transport (one kept-open channel), like `bench_flow.py`'s main path. Reported:
-p50 / p99 per N, in rounds that take turns between the Flows, medians of the rounds. The
+gRPC client transport (one kept-open channel), like `bench_flow.py`'s main path. Each N runs
+twice: with jina's gateway as it is, and with `executors.gateway_graph_copy` loaded as
+flow.yml loads it (a lighter per-request copy of the gateway's executor graph). Reported:
+p50 / p99 per Flow, in rounds that take turns between the Flows, medians of the rounds. The
 difference from `bench_flow.py`'s Flow-vs-in-process overhead is what our executors add on top
 of jina (their handlers' work and the documents' (de)serialisation).
 """
@@ -15,6 +17,7 @@ of jina (their handlers' work and the documents' (de)serialisation).
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -29,8 +32,11 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from client.served_flow import ServedFlow, free_port  # noqa: E402
 
+GRAPH_COPY_MODULE = "executors.gateway_graph_copy"
+VARIANTS = (False, True)  # without, with GRAPH_COPY_MODULE
 
-def flow_yaml(hops: int, matches: int) -> dict:
+
+def flow_yaml(hops: int, matches: int, graph_copy: bool) -> dict:
     executors = [
         {
             "name": f"hop{i}",
@@ -40,73 +46,95 @@ def flow_yaml(hops: int, matches: int) -> dict:
         }
         for i in range(hops)
     ]
-    return {"jtype": "Flow", "with": {"protocol": ["grpc", "http"]}, "executors": executors}
+    spec = {"jtype": "Flow", "with": {"protocol": ["grpc", "http"]}, "executors": executors}
+    if graph_copy:
+        spec["py_modules"] = [GRAPH_COPY_MODULE]  # as flow.yml does, before `with`
+        spec = {k: spec[k] for k in ("jtype", "py_modules", "with", "executors")}
+    return spec
 
 
-def start(hops: int, matches: int, tmp: Path) -> ServedFlow:
-    yml = tmp / f"hops{hops}.yml"
+def start(hops: int, matches: int, graph_copy: bool, tmp: Path) -> ServedFlow:
+    name = f"hops{hops}{'-graph-copy' if graph_copy else ''}"
+    yml = tmp / f"{name}.yml"
     grpc_port, http_port = free_port(), free_port()
-    spec = flow_yaml(hops, matches)
+    spec = flow_yaml(hops, matches, graph_copy)
     spec["with"].update(port=[grpc_port, http_port], host="127.0.0.1")
     yml.write_text(yaml.safe_dump(spec, sort_keys=False))  # jina wants `jtype` first
     env = {"GRPC_PORT": str(grpc_port), "HTTP_PORT": str(http_port)}
-    return ServedFlow(str(yml), env, tmp / f"hops{hops}.log", start_timeout_s=300).start()
+    return ServedFlow(str(yml), env, tmp / f"{name}.log", start_timeout_s=300).start()
 
 
-def query_ms(flow: ServedFlow, n: int, limit: int) -> list[float]:
+def query_ms(flows: dict[str, ServedFlow], n: int, limit: int, seed: int) -> dict[str, list]:
+    """`n` queries to each Flow, taking turns query by query (in a shuffled order each time),
+    so that every Flow sees the same moments of this noisy machine; ms per query."""
     from docarray import DocList
 
     from client.grpc_transport import GrpcTransport
     from executors.schemas import SearchDoc
 
-    transport, out = GrpcTransport(flow.grpc.removeprefix("grpc://")), []
+    rng = random.Random(seed)
+    names = list(flows)
+    transports = {k: GrpcTransport(f.grpc.removeprefix("grpc://")) for k, f in flows.items()}
+    out: dict[str, list] = {k: [] for k in names}
     try:
         for i in range(n):
-            start = time.perf_counter()
-            docs = DocList[SearchDoc]([SearchDoc(text=f"query {i}")])
-            [answer] = transport.post("/search", docs, parameters={"limit": limit})
-            out.append((time.perf_counter() - start) * 1000)
-            assert len(answer.matches) == limit
+            rng.shuffle(names)
+            for name in names:
+                start = time.perf_counter()
+                docs = DocList[SearchDoc]([SearchDoc(text=f"query {i}")])
+                [answer] = transports[name].post("/search", docs, parameters={"limit": limit})
+                out[name].append((time.perf_counter() - start) * 1000)
+                assert len(answer.matches) == limit
     finally:
-        transport.close()
+        for transport in transports.values():
+            transport.close()
     return out
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--hops", default="1,2,3", help="comma-separated numbers of executors")
-    p.add_argument("--queries", type=int, default=300)
+    p.add_argument("--queries", type=int, default=300, help="queries per Flow and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--limit", type=int, default=10, help="canned matches in each answer")
     args = p.parse_args(argv)
-    hops = [int(h) for h in args.hops.split(",")]
-    rounds: dict[int, list[dict[str, float]]] = {h: [] for h in hops}
+    variants = [(h, copy) for h in (int(h) for h in args.hops.split(",")) for copy in VARIANTS]
+    rounds: dict[tuple, list[dict[str, float]]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory() as tmp:
-        flows = {h: start(h, args.limit, Path(tmp)) for h in hops}
+        flows: dict[tuple, ServedFlow] = {}
         try:
-            for flow in flows.values():
-                query_ms(flow, 20, args.limit)  # warm-up
+            for hops, graph_copy in variants:
+                flows[hops, graph_copy] = start(hops, args.limit, graph_copy, Path(tmp))
+            by_name = {f"{h}-{c}": flow for (h, c), flow in flows.items()}
+            query_ms(by_name, 20, args.limit, seed=-1)  # warm-up
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-                for h, flow in flows.items():
-                    ms = query_ms(flow, args.queries, args.limit)
-                    rounds[h].append({"p50": np.percentile(ms, 50), "p99": np.percentile(ms, 99)})
+                ms = query_ms(by_name, args.queries, args.limit, seed=r)
+                for h, c in variants:
+                    ms_hc = ms[f"{h}-{c}"]
+                    rounds[h, c].append(
+                        {"p50": np.percentile(ms_hc, 50), "p99": np.percentile(ms_hc, 99)}
+                    )
         finally:
             for flow in flows.values():
                 flow.stop()
     result = {
-        h: {q: statistics.median(x[q] for x in rs) for q in ("p50", "p99")}
-        for h, rs in rounds.items()
+        v: {q: statistics.median(x[q] for x in rs) for q in ("p50", "p99")}
+        for v, rs in rounds.items()
     }
     print(
-        f"\nA query through N do-nothing executors "
-        f"({args.queries} queries x {args.rounds} rounds)\n"
+        f"\nA query through N do-nothing executors ({args.queries} queries x {args.rounds} "
+        f"rounds per Flow, all Flows taking turns query by query)\n"
     )
-    print("| executors | p50 ms | p99 ms |")
-    print("|---:|---:|---:|")
-    for h, r in result.items():
-        print(f"| {h} | {r['p50']:.2f} | {r['p99']:.2f} |")
-    return result
+    print("| executors | jina as is: p50 ms | p99 ms | with gateway_graph_copy: p50 ms | p99 ms |")
+    print("|---:|---:|---:|---:|---:|")
+    for h in dict.fromkeys(h for h, _ in variants):
+        plain, light = result[h, False], result[h, True]
+        print(
+            f"| {h} | {plain['p50']:.2f} | {plain['p99']:.2f} "
+            f"| {light['p50']:.2f} | {light['p99']:.2f} |"
+        )
+    return {f"{h} executors, {'graph copy' if c else 'as is'}": r for (h, c), r in result.items()}
 
 
 if __name__ == "__main__":
