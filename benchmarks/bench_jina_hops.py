@@ -7,7 +7,7 @@ Starts Flows (same gateway settings as flow.yml: gRPC + HTTP) of N do-nothing ex
 (`passthrough_executor.PassThrough`; the last one attaches `--limit` canned matches, so the
 answer is as large as a real search's) and sends one text query at a time over the project's
 gRPC client transport (one kept-open channel), like `bench_flow.py`'s main path. Each N runs
-twice: with jina's gateway as it is, and with `executors.gateway_graph_copy` loaded as
+twice: with jina's gateway as it is, and with `executors.gateway_speedups` loaded as
 flow.yml loads it (a lighter per-request copy of the gateway's executor graph). Reported:
 p50 / p99 per Flow, in rounds that take turns between the Flows, medians of the rounds. The
 difference from `bench_flow.py`'s Flow-vs-in-process overhead is what our executors add on top
@@ -32,11 +32,11 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from client.served_flow import ServedFlow, free_port  # noqa: E402
 
-GRAPH_COPY_MODULE = "executors.gateway_graph_copy"
-VARIANTS = (False, True)  # without, with GRAPH_COPY_MODULE
+SPEEDUPS_MODULE = "executors.gateway_speedups"
+VARIANTS = (False, True)  # without, with SPEEDUPS_MODULE
 
 
-def flow_yaml(hops: int, matches: int, graph_copy: bool) -> dict:
+def flow_yaml(hops: int, matches: int, speedups: bool) -> dict:
     executors = [
         {
             "name": f"hop{i}",
@@ -47,17 +47,17 @@ def flow_yaml(hops: int, matches: int, graph_copy: bool) -> dict:
         for i in range(hops)
     ]
     spec = {"jtype": "Flow", "with": {"protocol": ["grpc", "http"]}, "executors": executors}
-    if graph_copy:
-        spec["py_modules"] = [GRAPH_COPY_MODULE]  # as flow.yml does, before `with`
+    if speedups:
+        spec["py_modules"] = [SPEEDUPS_MODULE]  # as flow.yml does, before `with`
         spec = {k: spec[k] for k in ("jtype", "py_modules", "with", "executors")}
     return spec
 
 
-def start(hops: int, matches: int, graph_copy: bool, tmp: Path) -> ServedFlow:
-    name = f"hops{hops}{'-graph-copy' if graph_copy else ''}"
+def start(hops: int, matches: int, speedups: bool, tmp: Path) -> ServedFlow:
+    name = f"hops{hops}{'-speedups' if speedups else ''}"
     yml = tmp / f"{name}.yml"
     grpc_port, http_port = free_port(), free_port()
-    spec = flow_yaml(hops, matches, graph_copy)
+    spec = flow_yaml(hops, matches, speedups)
     spec["with"].update(port=[grpc_port, http_port], host="127.0.0.1")
     yml.write_text(yaml.safe_dump(spec, sort_keys=False))  # jina wants `jtype` first
     env = {"GRPC_PORT": str(grpc_port), "HTTP_PORT": str(http_port)}
@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         flows: dict[tuple, ServedFlow] = {}
         try:
-            for hops, graph_copy in variants:
-                flows[hops, graph_copy] = start(hops, args.limit, graph_copy, Path(tmp))
+            for hops, speedups in variants:
+                flows[hops, speedups] = start(hops, args.limit, speedups, Path(tmp))
             by_name = {f"{h}-{c}": flow for (h, c), flow in flows.items()}
             query_ms(by_name, 20, args.limit, seed=-1)  # warm-up
             for r in range(args.rounds):
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nA query through N do-nothing executors ({args.queries} queries x {args.rounds} "
         f"rounds per Flow, all Flows taking turns query by query)\n"
     )
-    print("| executors | jina as is: p50 ms | p99 ms | with gateway_graph_copy: p50 ms | p99 ms |")
+    print("| executors | jina as is: p50 ms | p99 ms | with gateway_speedups: p50 ms | p99 ms |")
     print("|---:|---:|---:|---:|---:|")
     for h in dict.fromkeys(h for h, _ in variants):
         plain, light = result[h, False], result[h, True]
@@ -134,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             f"| {h} | {plain['p50']:.2f} | {plain['p99']:.2f} "
             f"| {light['p50']:.2f} | {light['p99']:.2f} |"
         )
-    return {f"{h} executors, {'graph copy' if c else 'as is'}": r for (h, c), r in result.items()}
+    named = {False: "as is", True: "with speedups"}
+    return {f"{h} executors, {named[c]}": r for (h, c), r in result.items()}
 
 
 if __name__ == "__main__":

@@ -1,24 +1,27 @@
-"""A per-request cost taken out of jina's gateway: the deep copy of its executor graph.
+"""Two per-request costs taken out of jina's gateway; the Flow YAMLs load this module.
 
-jina 3.34's gateway keeps a request's progress in a copy of its topology graph, made with
-`copy.deepcopy(graph)` for every request. Most of what that copies is read-only data learnt
-once at start-up: each executor's endpoint list, its endpoint schemas (a protobuf message)
-and pydantic models, and the loggers. `install()` gives the graph and its nodes a
-`__deepcopy__` that copies what a request changes (the node objects themselves, their links
-and their `parts_to_send` lists) and shares the rest.
+1. The deep copy of its executor graph. jina 3.34's gateway keeps a request's progress in a
+   copy of its topology graph, made with `copy.deepcopy(graph)` for every request. Most of
+   what that copies is read-only data learnt once at start-up: each executor's endpoint list,
+   its endpoint schemas (a protobuf message) and pydantic models, and the loggers.
+   `install()` gives the graph and its nodes a `__deepcopy__` that copies what a request
+   changes (the node objects themselves, their links and their `parts_to_send` lists) and
+   shares the rest.
+2. docarray's id parsing: importing `executors.schemas` applies its fix (no pydantic
+   TypeAdapter built per document) in the gateway too, which reads every answer's documents
+   when it serves HTTP.
 
 Measured on the text-search path (gateway -> text encoder -> indexer, the committed base
-model), queries alternating between two Flows: the gateway's CPU per query and the p50
-latency both drop by about 0.8 ms (of ~9 ms); `benchmarks/bench_jina_hops.py` shows the same
-on do-nothing executors, with and without this module.
+model), queries alternating between two Flows: the graph copy takes about 0.8 ms off both the
+gateway's CPU per query and the p50 latency (of ~9 ms); `benchmarks/bench_jina_hops.py` shows
+it on do-nothing executors, with and without this module.
 
 The Flow YAMLs list this module in their top-level `py_modules`: jina imports those in the
 process that then forks the gateway, so the gateway inherits the installed methods. A gateway
-started any other way (its own container, a `spawn` start) keeps jina's own deep copy: slower,
+started any other way (its own container, a `spawn` start) keeps jina's own code: slower,
 same answers. If a jina version gives the graph's nodes other attributes than the ones listed
-here, nothing is installed (a per-request attribute this copy does not know of would be shared
-between concurrent requests).
-
+here, the copy is not installed (a per-request attribute this copy does not know of would be
+shared between concurrent requests).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 import copy
 import logging
 from typing import Any
+
+import executors.schemas  # noqa: F401  (item 2 of the module's docstring)
 
 # A node's attributes, as jina 3.34 sets them. Per request: `outgoing_nodes` (the copied
 # graph's own nodes), `parts_to_send` (a list a request appends to and edits in place), and

@@ -1,4 +1,4 @@
-"""The gateway's per-request graph copy: per-request state copied, start-up data shared."""
+"""The gateway's lighter per-request graph copy: per-request state copied, start-up data shared."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import copy
 import pytest
 from jina.serve.runtimes.gateway.graph.topology_graph import TopologyGraph
 
-from executors import gateway_graph_copy
+from executors import gateway_speedups
 
 # two origins that meet again: `join` is reached along both paths
 DIAMOND = {
@@ -35,7 +35,7 @@ def nodes_by_name(graph: TopologyGraph) -> dict[str, list]:
 
 @pytest.fixture()
 def graph() -> TopologyGraph:
-    assert gateway_graph_copy.install()  # this jina is the one the copy was written for
+    assert gateway_speedups.install()  # this jina is the one the copy was written for
     graph = TopologyGraph(DIAMOND)
     for node in nodes_by_name(graph).values():
         # what endpoint discovery leaves on each node at start-up
@@ -76,7 +76,7 @@ def test_concurrent_request_copies_do_not_share_state(graph):
 def test_nothing_is_installed_for_a_graph_it_was_not_written_for(monkeypatch):
     monkeypatch.setattr(TopologyGraph._ReqReplyNode, "__deepcopy__", None, raising=False)
     monkeypatch.setattr(
-        gateway_graph_copy, "NODE_ATTRIBUTES", gateway_graph_copy.NODE_ATTRIBUTES | {"new_state"}
+        gateway_speedups, "NODE_ATTRIBUTES", gateway_speedups.NODE_ATTRIBUTES | {"new_state"}
     )
-    assert gateway_graph_copy.install() is False
+    assert gateway_speedups.install() is False
     assert TopologyGraph._ReqReplyNode.__deepcopy__ is None  # jina's own deep copy stays
