@@ -10,9 +10,11 @@ Side by side, in one run, on the same towers and the same kind of store:
   vs end to end through `jina flow --uses flow.yml`: over gRPC with the project's client
   (`client.api.SearchClient`, one kept-open channel) and with jina's `Client` (a new channel
   per call), and over HTTP (`SearchClient`, kept-alive session); p50 / p99, and the Flow's
-  overhead at p50 (target <= 5 ms). In-process runs twice: in a hot loop (the baseline), and
-  with 5 ms idle before each query, which shows what running cold costs the same work (in the
-  Flow each executor idles while the others take their turn);
+  overhead at p50 (target <= 5 ms). In-process runs twice: in a hot loop of its own (the
+  baseline), and taking turns with the three Flow paths query by query (each query goes to
+  all four, in a shuffled order), so that it runs as cold as the Flow's executors do, which
+  idle while the others take their turn. Taking turns also puts every path through the same
+  moments of this noisy machine: the overhead is also given against that row;
 - indexing throughput, images/s with the same batch size: the image encoder executor called
   in-process (and the encoder plus the store's upsert) vs the Flow fed over gRPC by
   `SearchClient.index` (a few batches in flight; target ratio >= 0.9).
@@ -31,10 +33,12 @@ import argparse
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +49,15 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 from client.served_flow import ServedFlow, flow_env  # noqa: E402
 from finetune.models import BASE_MODEL_DIR  # noqa: E402
 
-# (result key, rounds key) of each search path, and its name in the table
-LATENCY_PATHS = (
-    ("in_process", "lat_in"),
-    ("in_process_paced", "lat_in_paced"),
-    ("grpc", "lat_grpc"),
-    ("grpc_jina_client", "lat_grpc_jina"),
-    ("http", "lat_http"),
-)
+# each search path's name in the table
 LATENCY_NAMES = {
-    "in_process": "in-process encode + knn",
-    "in_process_paced": "in-process encode + knn, 5 ms idle before each query",
+    "in_process": "in-process encode + knn (hot loop)",
+    "in_process_turns": "in-process encode + knn, taking turns with the Flow paths",
     "grpc": "Flow, gRPC, SearchClient (kept-open channel)",
     "grpc_jina_client": "Flow, gRPC, jina Client (new channel per call)",
     "http": "Flow, HTTP, SearchClient (kept-alive session)",
 }
+FLOW_PATHS = ("grpc", "grpc_jina_client", "http")
 QUERY_WORDS = "red green blue small large dog cat car house tree person beach city night".split()
 
 
@@ -124,21 +122,15 @@ class InProcess:
                 )
         return len(paths) / (time.perf_counter() - start)
 
-    def search_ms(self, texts: list[str], limit: int, idle_s: float = 0.0) -> list[float]:
-        """Per query ms; `idle_s` of sleep before each one lets caches and the core go cold, as
-        they do in the Flow while the other processes take their turn (a hot loop does not)."""
+    def search(self, text: str, limit: int) -> None:
         import torch
 
-        out = []
         with torch.inference_mode():
-            for text in texts:
-                if idle_s:
-                    time.sleep(idle_s)
-                start = time.perf_counter()
-                vector = self.text_tower.encode([text])
-                self.store.search(vector, limit=limit)
-                out.append((time.perf_counter() - start) * 1000)
-        return out
+            assert self.store.search(self.text_tower.encode([text]), limit=limit)[0]
+
+    def search_ms(self, texts: list[str], limit: int) -> list[float]:
+        """Per query ms, in a hot loop."""
+        return _timed(texts, lambda text: self.search(text, limit))
 
 
 # --- through the Flow ---------------------------------------------------------------------------
@@ -167,37 +159,67 @@ class Served(ServedFlow):
             raise RuntimeError(f"{len(failed)} images failed, e.g. {failed[0]}")
         return len(paths) / elapsed
 
-    def search_ms(self, url: str, texts: list[str], limit: int) -> list[float]:
-        """Text queries through the project's client, `url` grpc:// or http://."""
-        from client.api import SearchClient
-
-        out = []
-        with SearchClient(url) as client:
-            for text in texts:
-                start = time.perf_counter()
-                hits = client.search(text, limit=limit)
-                out.append((time.perf_counter() - start) * 1000)
-                assert hits
-        return out
-
-    def search_jina_client_ms(self, texts: list[str], limit: int) -> list[float]:
+    def searchers(self, limit: int) -> tuple[dict[str, Callable[[str], None]], Callable]:
+        """One text query through each Flow path (clients kept open), and a closer."""
         from docarray import DocList
         from jina import Client
 
+        from client.api import SearchClient
         from executors.schemas import SearchDoc
 
-        client, out = Client(host=self.grpc), []
-        for text in texts:
-            start = time.perf_counter()
-            r = client.post(
+        grpc, http, jina_client = (
+            SearchClient(self.grpc),
+            SearchClient(self.http),
+            Client(host=self.grpc),
+        )
+
+        def jina_search(text: str) -> None:
+            r = jina_client.post(
                 "/search",
                 DocList[SearchDoc]([SearchDoc(text=text)]),
                 parameters={"limit": limit},
                 return_type=DocList[SearchDoc],
             )
-            out.append((time.perf_counter() - start) * 1000)
             assert r[0].error is None and r[0].matches
-        return out
+
+        def close() -> None:
+            grpc.close()
+            http.close()
+
+        paths = {
+            "grpc": lambda text: _assert_hits(grpc.search(text, limit=limit)),
+            "grpc_jina_client": jina_search,
+            "http": lambda text: _assert_hits(http.search(text, limit=limit)),
+        }
+        return paths, close
+
+
+def _assert_hits(hits: list) -> None:
+    assert hits
+
+
+def _timed(texts: list[str], search: Callable[[str], None]) -> list[float]:
+    out = []
+    for text in texts:
+        start = time.perf_counter()
+        search(text)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def taking_turns_ms(
+    searchers: dict[str, Callable[[str], None]], texts: list[str], rng: random.Random
+) -> dict[str, list[float]]:
+    """Each query through every path, in a shuffled order each time: ms per path."""
+    out: dict[str, list[float]] = {name: [] for name in searchers}
+    names = list(searchers)
+    for text in texts:
+        rng.shuffle(names)
+        for name in names:
+            start = time.perf_counter()
+            searchers[name](text)
+            out[name].append((time.perf_counter() - start) * 1000)
+    return out
 
 
 def random_init_towers(model: str, folder: Path) -> str:
@@ -239,15 +261,15 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"starting the Flow ({args.model or args.tower}) ...", file=sys.stderr)
         served = Served(args.tower, tmp / "ws", args.threads, tmp / "flow.log")
         rounds: dict[str, list] = {k: [] for k in ("inproc_enc", "inproc_enc_store", "flow_index")}
-        rounds.update({key: [] for _, key in LATENCY_PATHS})
+        rounds.update({key: [] for key in LATENCY_NAMES})
+        searchers, close_clients = served.searchers(args.limit)
+        searchers["in_process_turns"] = lambda text: local.search(text, args.limit)
         try:
             # warm-up: first calls pay for lazy initialisation on both sides
             local.index_batches(paths[: args.batch_size], args.batch_size, store=True)
             served.index(paths[: args.batch_size], args.batch_size, prefix="warm-")
             local.search_ms(texts[:10], args.limit)
-            served.search_ms(served.grpc, texts[:10], args.limit)
-            served.search_jina_client_ms(texts[:10], args.limit)
-            served.search_ms(served.http, texts[:10], args.limit)
+            taking_turns_ms(searchers, texts[:10], random.Random(-1))
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
                 rounds["inproc_enc"].append(
@@ -257,15 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
                     local.index_batches(paths, args.batch_size, store=True)
                 )
                 rounds["flow_index"].append(served.index(paths, args.batch_size, prefix=f"r{r}-"))
-                for key, ms in (
-                    ("lat_in", local.search_ms(texts, args.limit)),
-                    ("lat_in_paced", local.search_ms(texts, args.limit, idle_s=0.005)),
-                    ("lat_grpc", served.search_ms(served.grpc, texts, args.limit)),
-                    ("lat_grpc_jina", served.search_jina_client_ms(texts, args.limit)),
-                    ("lat_http", served.search_ms(served.http, texts, args.limit)),
-                ):
+                rounds["in_process"].append(percentiles(local.search_ms(texts, args.limit)))
+                for key, ms in taking_turns_ms(searchers, texts, random.Random(r)).items():
                     rounds[key].append(percentiles(ms))
         finally:
+            close_clients()
             served.stop()
             local.store.close()
 
@@ -289,12 +307,18 @@ def main(argv: list[str] | None = None) -> dict:
             "flow_grpc": med(rounds["flow_index"]),
         },
         "search_latency_ms": {
-            k: {"p50": lat(key, "p50"), "p99": lat(key, "p99")} for k, key in LATENCY_PATHS
+            k: {"p50": lat(k, "p50"), "p99": lat(k, "p99")} for k in LATENCY_NAMES
         },
     }
-    idx, s = result["index_images_per_s"], result["search_latency_ms"]
+    idx = result["index_images_per_s"]
+
+    def overhead(path: str, baseline: str) -> float:
+        """Median over rounds of the p50 difference within each round."""
+        return med(a["p50"] - b["p50"] for a, b in zip(rounds[path], rounds[baseline], strict=True))
+
     result["flow_overhead_p50_ms"] = {
-        k: s[k]["p50"] - s["in_process"]["p50"] for k, _ in LATENCY_PATHS if k != "in_process"
+        baseline: {k: overhead(k, baseline) for k in FLOW_PATHS}
+        for baseline in ("in_process", "in_process_turns")
     }
     result["index_ratio_flow_vs_in_process"] = {
         "encoder": idx["flow_grpc"] / idx["in_process_encoder"],
@@ -312,13 +336,18 @@ def print_tables(r: dict) -> None:
     c, s, o = r["config"], r["search_latency_ms"], r["flow_overhead_p50_ms"]
     print(
         f"\nText search, one query at a time ({c['queries']} queries x {c['rounds']} rounds, "
-        f"limit {c['limit']}, medians of per-round percentiles)\n"
+        f"limit {c['limit']}, medians of per-round percentiles; overheads: medians of the "
+        f"per-round p50 differences)\n"
     )
-    print("| path | p50 ms | p99 ms | overhead vs in-process at p50 |")
-    print("|---|---:|---:|---:|")
+    print("| path | p50 ms | p99 ms | overhead at p50 vs hot loop | vs taking turns |")
+    print("|---|---:|---:|---:|---:|")
     for key, name in LATENCY_NAMES.items():
-        over = f"{o[key]:+.2f} ms" if key in o else "-"
-        print(f"| {name} | {s[key]['p50']:.2f} | {s[key]['p99']:.2f} | {over} |")
+        hot, turns = (
+            (f"{o['in_process'][key]:+.2f} ms", f"{o['in_process_turns'][key]:+.2f} ms")
+            if key in FLOW_PATHS
+            else ("-", "-")
+        )
+        print(f"| {name} | {s[key]['p50']:.2f} | {s[key]['p99']:.2f} | {hot} | {turns} |")
     i, ratio = r["index_images_per_s"], r["index_ratio_flow_vs_in_process"]
     print(
         f"\nIndexing {c['images']} JPEGs of {c['image_size']}px, batch {c['batch_size']}, "
