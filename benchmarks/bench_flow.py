@@ -14,7 +14,9 @@ Side by side, in one run, on the same towers and the same kind of store:
   baseline), and taking turns with the three Flow paths query by query (each query goes to
   all four, in a shuffled order), so that it runs as cold as the Flow's executors do, which
   idle while the others take their turn. Taking turns also puts every path through the same
-  moments of this noisy machine: the overhead is also given against that row;
+  moments of this noisy machine: the overhead is also given against that row. A fifth path
+  takes turns too: jina alone, a Flow of two do-nothing executors carrying the same query and
+  a 10-match answer (`bench_jina_hops.py`), the floor under a two-hop text search;
 - indexing throughput, images/s with the same batch size: the image encoder executor called
   in-process (and the encoder plus the store's upsert) vs the Flow fed over gRPC by
   `SearchClient.index` (a few batches in flight; target ratio >= 0.9).
@@ -46,6 +48,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
+from bench_jina_hops import passthrough_search, start_passthrough  # noqa: E402
+
 from client.served_flow import ServedFlow, flow_env  # noqa: E402
 from finetune.models import BASE_MODEL_DIR  # noqa: E402
 
@@ -56,8 +60,9 @@ LATENCY_NAMES = {
     "grpc": "Flow, gRPC, SearchClient (kept-open channel)",
     "grpc_jina_client": "Flow, gRPC, jina Client (new channel per call)",
     "http": "Flow, HTTP, SearchClient (kept-alive session)",
+    "jina_floor": "jina alone: 2 do-nothing executors, gRPC (bench_jina_hops.py)",
 }
-FLOW_PATHS = ("grpc", "grpc_jina_client", "http")
+FLOW_PATHS = ("grpc", "grpc_jina_client", "http", "jina_floor")
 QUERY_WORDS = "red green blue small large dog cat car house tree person beach city night".split()
 
 
@@ -260,10 +265,13 @@ def main(argv: list[str] | None = None) -> dict:
         local = InProcess(args.tower, tmp / "store", args.threads)
         print(f"starting the Flow ({args.model or args.tower}) ...", file=sys.stderr)
         served = Served(args.tower, tmp / "ws", args.threads, tmp / "flow.log")
+        # what jina itself costs for the two hops of a text search, at the same moments
+        floor = start_passthrough(2, args.limit, speedups=True, tmp=tmp)
         rounds: dict[str, list] = {k: [] for k in ("inproc_enc", "inproc_enc_store", "flow_index")}
         rounds.update({key: [] for key in LATENCY_NAMES})
         searchers, close_clients = served.searchers(args.limit)
         searchers["in_process_turns"] = lambda text: local.search(text, args.limit)
+        searchers["jina_floor"], close_floor = passthrough_search(floor, args.limit)
         try:
             # warm-up: first calls pay for lazy initialisation on both sides
             local.index_batches(paths[: args.batch_size], args.batch_size, store=True)
@@ -284,6 +292,8 @@ def main(argv: list[str] | None = None) -> dict:
                     rounds[key].append(percentiles(ms))
         finally:
             close_clients()
+            close_floor()
+            floor.stop()
             served.stop()
             local.store.close()
 

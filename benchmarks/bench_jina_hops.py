@@ -22,6 +22,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +54,8 @@ def flow_yaml(hops: int, matches: int, speedups: bool) -> dict:
     return spec
 
 
-def start(hops: int, matches: int, speedups: bool, tmp: Path) -> ServedFlow:
+def start_passthrough(hops: int, matches: int, speedups: bool, tmp: Path) -> ServedFlow:
+    """A started Flow of `hops` do-nothing executors, the last answering `matches` matches."""
     name = f"hops{hops}{'-speedups' if speedups else ''}"
     yml = tmp / f"{name}.yml"
     grpc_port, http_port = free_port(), free_port()
@@ -64,30 +66,43 @@ def start(hops: int, matches: int, speedups: bool, tmp: Path) -> ServedFlow:
     return ServedFlow(str(yml), env, tmp / f"{name}.log", start_timeout_s=300).start()
 
 
-def query_ms(flows: dict[str, ServedFlow], n: int, limit: int, seed: int) -> dict[str, list]:
-    """`n` queries to each Flow, taking turns query by query (in a shuffled order each time),
-    so that every Flow sees the same moments of this noisy machine; ms per query."""
+def passthrough_search(flow: ServedFlow, limit: int) -> tuple[Callable[[str], None], Callable]:
+    """One text query through `flow` (a kept-open channel, as `SearchClient` has), and a closer."""
     from docarray import DocList
 
     from client.grpc_transport import GrpcTransport
     from executors.schemas import SearchDoc
 
+    transport = GrpcTransport(flow.grpc.removeprefix("grpc://"))
+
+    def search(text: str) -> None:
+        docs = DocList[SearchDoc]([SearchDoc(text=text)])
+        [answer] = transport.post("/search", docs, parameters={"limit": limit})
+        assert len(answer.matches) == limit
+
+    return search, transport.close
+
+
+def query_ms(flows: dict[str, ServedFlow], n: int, limit: int, seed: int) -> dict[str, list]:
+    """`n` queries to each Flow, taking turns query by query (in a shuffled order each time),
+    so that every Flow sees the same moments of this noisy machine; ms per query."""
     rng = random.Random(seed)
     names = list(flows)
-    transports = {k: GrpcTransport(f.grpc.removeprefix("grpc://")) for k, f in flows.items()}
+    searchers, closers = {}, []
+    for name, flow in flows.items():
+        searchers[name], close = passthrough_search(flow, limit)
+        closers.append(close)
     out: dict[str, list] = {k: [] for k in names}
     try:
         for i in range(n):
             rng.shuffle(names)
             for name in names:
                 start = time.perf_counter()
-                docs = DocList[SearchDoc]([SearchDoc(text=f"query {i}")])
-                [answer] = transports[name].post("/search", docs, parameters={"limit": limit})
+                searchers[name](f"query {i}")
                 out[name].append((time.perf_counter() - start) * 1000)
-                assert len(answer.matches) == limit
     finally:
-        for transport in transports.values():
-            transport.close()
+        for close in closers:
+            close()
     return out
 
 
@@ -104,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
         flows: dict[tuple, ServedFlow] = {}
         try:
             for hops, speedups in variants:
-                flows[hops, speedups] = start(hops, args.limit, speedups, Path(tmp))
+                flows[hops, speedups] = start_passthrough(hops, args.limit, speedups, Path(tmp))
             by_name = {f"{h}-{c}": flow for (h, c), flow in flows.items()}
             query_ms(by_name, 20, args.limit, seed=-1)  # warm-up
             for r in range(args.rounds):
