@@ -10,13 +10,15 @@ Side by side, in one run, on the same towers and the same kind of store:
   vs end to end through `jina flow --uses flow.yml`: over gRPC with the project's client
   (`client.api.SearchClient`, one kept-open channel) and with jina's `Client` (a new channel
   per call), and over HTTP (`SearchClient`, kept-alive session); p50 / p99, and the Flow's
-  overhead at p50 (target <= 5 ms). In-process runs twice: in a hot loop of its own (the
-  baseline), and taking turns with the three Flow paths query by query (each query goes to
-  all four, in a shuffled order), so that it runs as cold as the Flow's executors do, which
-  idle while the others take their turn. Taking turns also puts every path through the same
-  moments of this noisy machine: the overhead is also given against that row. A fifth path
-  takes turns too: jina alone, a Flow of two do-nothing executors carrying the same query and
-  a 10-match answer (`bench_jina_hops.py`), the floor under a two-hop text search;
+  overhead at p50 (target <= 5 ms). In-process runs twice: one query after the other (the
+  baseline), and with 5 ms idle before each query, which shows what running cold costs the
+  same work (in the Flow each executor idles while the others take their turn). One more
+  path: jina alone, a Flow of two do-nothing executors carrying the same query and a 10-match
+  answer (`bench_jina_hops.py`), the floor under a two-hop text search. The paths take turns
+  in short blocks of `--block` queries (in a shuffled order each time), so that all of them
+  see the same moments of this noisy machine; queries one by one would not do, because a
+  multi-threaded torch spins its threads for a while after each call, which then slows
+  whichever path runs next;
 - indexing throughput, images/s with the same batch size: the image encoder executor called
   in-process (and the encoder plus the store's upsert) vs the Flow fed over gRPC by
   `SearchClient.index` (a few batches in flight; target ratio >= 0.9).
@@ -26,7 +28,8 @@ Flow's per-document costs weigh most); `--model NAME` serves random-init towers 
 architecture instead (speed does not depend on the weights).
 
 The machine is noisy (shared cores): each measurement is repeated `--rounds` times, in turns,
-and the medians are reported. Prints a markdown table and writes the numbers as JSON.
+and the medians are reported (for the overheads: the median of the per-round differences).
+Prints a markdown table and writes the numbers as JSON.
 """
 
 from __future__ import annotations
@@ -55,14 +58,15 @@ from finetune.models import BASE_MODEL_DIR  # noqa: E402
 
 # each search path's name in the table
 LATENCY_NAMES = {
-    "in_process": "in-process encode + knn (hot loop)",
-    "in_process_turns": "in-process encode + knn, taking turns with the Flow paths",
+    "in_process": "in-process encode + knn",
+    "in_process_idle": "in-process encode + knn, 5 ms idle before each query (cold)",
     "grpc": "Flow, gRPC, SearchClient (kept-open channel)",
     "grpc_jina_client": "Flow, gRPC, jina Client (new channel per call)",
     "http": "Flow, HTTP, SearchClient (kept-alive session)",
     "jina_floor": "jina alone: 2 do-nothing executors, gRPC (bench_jina_hops.py)",
 }
-FLOW_PATHS = ("grpc", "grpc_jina_client", "http", "jina_floor")
+# the paths compared with in-process one query after the other
+COMPARED_PATHS = ("in_process_idle", "grpc", "grpc_jina_client", "http", "jina_floor")
 QUERY_WORDS = "red green blue small large dog cat car house tree person beach city night".split()
 
 
@@ -133,9 +137,10 @@ class InProcess:
         with torch.inference_mode():
             assert self.store.search(self.text_tower.encode([text]), limit=limit)[0]
 
-    def search_ms(self, texts: list[str], limit: int) -> list[float]:
-        """Per query ms, in a hot loop."""
-        return _timed(texts, lambda text: self.search(text, limit))
+    def search_after_idle(self, text: str, limit: int, idle_s: float = 0.005) -> None:
+        """`search` after `idle_s` asleep (not timed by `in_blocks_ms`: see `idle_s` there)."""
+        time.sleep(idle_s)
+        self.search(text, limit)
 
 
 # --- through the Flow ---------------------------------------------------------------------------
@@ -203,27 +208,27 @@ def _assert_hits(hits: list) -> None:
     assert hits
 
 
-def _timed(texts: list[str], search: Callable[[str], None]) -> list[float]:
-    out = []
-    for text in texts:
-        start = time.perf_counter()
-        search(text)
-        out.append((time.perf_counter() - start) * 1000)
-    return out
-
-
-def taking_turns_ms(
-    searchers: dict[str, Callable[[str], None]], texts: list[str], rng: random.Random
+def in_blocks_ms(
+    searchers: dict[str, Callable[[str], None]],
+    texts: list[str],
+    block: int,
+    rng: random.Random,
+    idle_s: dict[str, float] | None = None,
 ) -> dict[str, list[float]]:
-    """Each query through every path, in a shuffled order each time: ms per path."""
+    """Every text through every path, the paths taking turns in blocks of `block` texts (in a
+    shuffled order each time); ms per query and path, less `idle_s[path]` (a sleep the
+    searcher takes on purpose)."""
+    idle_s = idle_s or {}
     out: dict[str, list[float]] = {name: [] for name in searchers}
     names = list(searchers)
-    for text in texts:
+    for first in range(0, len(texts), block):
         rng.shuffle(names)
         for name in names:
-            start = time.perf_counter()
-            searchers[name](text)
-            out[name].append((time.perf_counter() - start) * 1000)
+            search, idle = searchers[name], idle_s.get(name, 0.0)
+            for text in texts[first : first + block]:
+                start = time.perf_counter()
+                search(text)
+                out[name].append((time.perf_counter() - start - idle) * 1000)
     return out
 
 
@@ -249,6 +254,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queries", type=int, default=200, help="search queries per round and path")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--block", type=int, default=20, help="queries per path before the next")
     p.add_argument("--threads", type=int, default=1, help="torch threads per encoder (both sides)")
     p.add_argument("--json", default="runs/bench/bench_flow.json")
     args = p.parse_args(argv)
@@ -270,14 +276,15 @@ def main(argv: list[str] | None = None) -> dict:
         rounds: dict[str, list] = {k: [] for k in ("inproc_enc", "inproc_enc_store", "flow_index")}
         rounds.update({key: [] for key in LATENCY_NAMES})
         searchers, close_clients = served.searchers(args.limit)
-        searchers["in_process_turns"] = lambda text: local.search(text, args.limit)
+        searchers["in_process"] = lambda text: local.search(text, args.limit)
+        searchers["in_process_idle"] = lambda text: local.search_after_idle(text, args.limit)
         searchers["jina_floor"], close_floor = passthrough_search(floor, args.limit)
+        idle = {"in_process_idle": 0.005}
         try:
             # warm-up: first calls pay for lazy initialisation on both sides
             local.index_batches(paths[: args.batch_size], args.batch_size, store=True)
             served.index(paths[: args.batch_size], args.batch_size, prefix="warm-")
-            local.search_ms(texts[:10], args.limit)
-            taking_turns_ms(searchers, texts[:10], random.Random(-1))
+            in_blocks_ms(searchers, texts[:10], args.block, random.Random(-1), idle)
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
                 rounds["inproc_enc"].append(
@@ -287,8 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
                     local.index_batches(paths, args.batch_size, store=True)
                 )
                 rounds["flow_index"].append(served.index(paths, args.batch_size, prefix=f"r{r}-"))
-                rounds["in_process"].append(percentiles(local.search_ms(texts, args.limit)))
-                for key, ms in taking_turns_ms(searchers, texts, random.Random(r)).items():
+                latencies = in_blocks_ms(searchers, texts, args.block, random.Random(r), idle)
+                for key, ms in latencies.items():
                     rounds[key].append(percentiles(ms))
         finally:
             close_clients()
@@ -326,10 +333,7 @@ def main(argv: list[str] | None = None) -> dict:
         """Median over rounds of the p50 difference within each round."""
         return med(a["p50"] - b["p50"] for a, b in zip(rounds[path], rounds[baseline], strict=True))
 
-    result["flow_overhead_p50_ms"] = {
-        baseline: {k: overhead(k, baseline) for k in FLOW_PATHS}
-        for baseline in ("in_process", "in_process_turns")
-    }
+    result["flow_overhead_p50_ms"] = {k: overhead(k, "in_process") for k in COMPARED_PATHS}
     result["index_ratio_flow_vs_in_process"] = {
         "encoder": idx["flow_grpc"] / idx["in_process_encoder"],
         "encoder_and_store": idx["flow_grpc"] / idx["in_process_encoder_and_store"],
@@ -349,15 +353,11 @@ def print_tables(r: dict) -> None:
         f"limit {c['limit']}, medians of per-round percentiles; overheads: medians of the "
         f"per-round p50 differences)\n"
     )
-    print("| path | p50 ms | p99 ms | overhead at p50 vs hot loop | vs taking turns |")
-    print("|---|---:|---:|---:|---:|")
+    print("| path | p50 ms | p99 ms | over in-process at p50 |")
+    print("|---|---:|---:|---:|")
     for key, name in LATENCY_NAMES.items():
-        hot, turns = (
-            (f"{o['in_process'][key]:+.2f} ms", f"{o['in_process_turns'][key]:+.2f} ms")
-            if key in FLOW_PATHS
-            else ("-", "-")
-        )
-        print(f"| {name} | {s[key]['p50']:.2f} | {s[key]['p99']:.2f} | {hot} | {turns} |")
+        over = f"{o[key]:+.2f} ms" if key in o else "-"
+        print(f"| {name} | {s[key]['p50']:.2f} | {s[key]['p99']:.2f} | {over} |")
     i, ratio = r["index_images_per_s"], r["index_ratio_flow_vs_in_process"]
     print(
         f"\nIndexing {c['images']} JPEGs of {c['image_size']}px, batch {c['batch_size']}, "
