@@ -63,10 +63,16 @@ class ServedFlow:
     """A Flow in its own process group, so that it can be stopped or killed whole."""
 
     def __init__(
-        self, yml: str, env: dict[str, str], log: str | os.PathLike, start_timeout_s: float = 180
+        self,
+        yml: str,
+        env: dict[str, str],
+        log: str | os.PathLike,
+        start_timeout_s: float = 180,
+        cwd: str | os.PathLike = REPO,
     ):
+        """`cwd`: the checkout the Flow runs from (its YAML and executor modules)."""
         self.yml, self.env, self.log, self.proc = yml, env, Path(log), None
-        self.start_timeout_s = start_timeout_s
+        self.start_timeout_s, self.cwd = start_timeout_s, Path(cwd)
         self.http = f"http://127.0.0.1:{env['HTTP_PORT']}"
         self.grpc = f"grpc://127.0.0.1:{env['GRPC_PORT']}"
 
@@ -76,7 +82,7 @@ class ServedFlow:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [JINA, "flow", "--uses", self.yml],
-                cwd=REPO,
+                cwd=self.cwd,
                 env={**env, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
