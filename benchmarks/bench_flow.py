@@ -52,6 +52,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from bench_jina_hops import passthrough_search, start_passthrough  # noqa: E402
+from taking_turns import in_blocks_ms  # noqa: E402
 
 from client.served_flow import ServedFlow, flow_env  # noqa: E402
 from finetune.models import BASE_MODEL_DIR  # noqa: E402
@@ -137,11 +138,6 @@ class InProcess:
         with torch.inference_mode():
             assert self.store.search(self.text_tower.encode([text]), limit=limit)[0]
 
-    def search_after_idle(self, text: str, limit: int, idle_s: float = 0.005) -> None:
-        """`search` after `idle_s` asleep (not timed by `in_blocks_ms`: see `idle_s` there)."""
-        time.sleep(idle_s)
-        self.search(text, limit)
-
 
 # --- through the Flow ---------------------------------------------------------------------------
 
@@ -208,30 +204,6 @@ def _assert_hits(hits: list) -> None:
     assert hits
 
 
-def in_blocks_ms(
-    searchers: dict[str, Callable[[str], None]],
-    texts: list[str],
-    block: int,
-    rng: random.Random,
-    idle_s: dict[str, float] | None = None,
-) -> dict[str, list[float]]:
-    """Every text through every path, the paths taking turns in blocks of `block` texts (in a
-    shuffled order each time); ms per query and path, less `idle_s[path]` (a sleep the
-    searcher takes on purpose)."""
-    idle_s = idle_s or {}
-    out: dict[str, list[float]] = {name: [] for name in searchers}
-    names = list(searchers)
-    for first in range(0, len(texts), block):
-        rng.shuffle(names)
-        for name in names:
-            search, idle = searchers[name], idle_s.get(name, 0.0)
-            for text in texts[first : first + block]:
-                start = time.perf_counter()
-                search(text)
-                out[name].append((time.perf_counter() - start - idle) * 1000)
-    return out
-
-
 def random_init_towers(model: str, folder: Path) -> str:
     """A run-like folder with random-init towers of open_clip architecture `model`."""
     from finetune.models import create_clip
@@ -277,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         rounds.update({key: [] for key in LATENCY_NAMES})
         searchers, close_clients = served.searchers(args.limit)
         searchers["in_process"] = lambda text: local.search(text, args.limit)
-        searchers["in_process_idle"] = lambda text: local.search_after_idle(text, args.limit)
+        searchers["in_process_idle"] = searchers["in_process"]
         searchers["jina_floor"], close_floor = passthrough_search(floor, args.limit)
         idle = {"in_process_idle": 0.005}
         try:

@@ -26,7 +26,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
-from bench_flow import Served, in_blocks_ms, make_images, percentiles, queries  # noqa: E402
+from bench_flow import Served, make_images, percentiles, queries  # noqa: E402
+from taking_turns import in_blocks_ms  # noqa: E402
 
 from finetune.models import BASE_MODEL_DIR  # noqa: E402
 

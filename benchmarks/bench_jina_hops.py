@@ -21,7 +21,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,6 +29,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
+
+from taking_turns import in_blocks_ms  # noqa: E402
 
 from client.served_flow import ServedFlow, free_port  # noqa: E402
 
@@ -84,26 +85,17 @@ def passthrough_search(flow: ServedFlow, limit: int) -> tuple[Callable[[str], No
 
 
 def query_ms(flows: dict[str, ServedFlow], n: int, limit: int, seed: int) -> dict[str, list]:
-    """`n` queries to each Flow, taking turns query by query (in a shuffled order each time),
-    so that every Flow sees the same moments of this noisy machine; ms per query."""
-    rng = random.Random(seed)
-    names = list(flows)
+    """`n` queries to each Flow, taking turns query by query; ms per query."""
     searchers, closers = {}, []
     for name, flow in flows.items():
         searchers[name], close = passthrough_search(flow, limit)
         closers.append(close)
-    out: dict[str, list] = {k: [] for k in names}
     try:
-        for i in range(n):
-            rng.shuffle(names)
-            for name in names:
-                start = time.perf_counter()
-                searchers[name](f"query {i}")
-                out[name].append((time.perf_counter() - start) * 1000)
+        texts = [f"query {i}" for i in range(n)]
+        return in_blocks_ms(searchers, texts, 1, random.Random(seed))
     finally:
         for close in closers:
             close()
-    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
