@@ -109,17 +109,15 @@ class HNSWIndexer(Executor):
     def index(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
         """Store (or replace) every document that has an embedding and whose id this shard
         owns; id-less ones get an id (see the module's docstring)."""
-        todo = []
+        embedded = []
         for doc in _without_error(docs):
             if doc.embedding is None:
                 doc.error = _not_embedded(doc, "no embedding to index")
                 continue
             if not doc.id:  # documents posted over HTTP without an id
                 doc.id = content_id(doc) if self.shards > 1 else uuid.uuid4().hex
-            if self._owns(doc.id):
-                todo.append(doc)
-            else:
-                doc.error = NOT_OWNER
+            embedded.append(doc)
+        todo = self._owned(embedded)
         errors = self._store.upsert(
             [d.id for d in todo],
             [d.embedding for d in todo],
@@ -201,12 +199,7 @@ class HNSWIndexer(Executor):
     def update(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
         """Change stored fields of existing ids that this shard owns: ``embedding``, ``uri``
         and ``text`` when set, ``tags`` when not empty; unknown ids get error ``unknown id``."""
-        todo = []
-        for doc in self._with_ids(docs):
-            if self._owns(doc.id):
-                todo.append(doc)
-            else:
-                doc.error = NOT_OWNER
+        todo = self._owned(self._with_ids(docs))
         errors = self._store.update(
             [d.id for d in todo],
             embeddings=[d.embedding for d in todo],
@@ -226,8 +219,15 @@ class HNSWIndexer(Executor):
         self._store.close()
         super().close()
 
-    def _owns(self, doc_id: str) -> bool:
-        return self.shards == 1 or owner_shard(doc_id, self.shards) == self.shard_id
+    def _owned(self, docs: Iterable[SearchDoc]) -> list[SearchDoc]:
+        """The documents whose id this shard owns; the others get error `NOT_OWNER`."""
+        owned = []
+        for doc in docs:
+            if self.shards == 1 or owner_shard(doc.id, self.shards) == self.shard_id:
+                owned.append(doc)
+            else:
+                doc.error = NOT_OWNER
+        return owned
 
     @staticmethod
     def _with_ids(docs: DocList[SearchDoc]) -> list[SearchDoc]:

@@ -33,9 +33,10 @@ def search_demo(
     print(f"starting the Flow (gRPC :{env['GRPC_PORT']}, HTTP :{env['HTTP_PORT']}) ...", flush=True)
     with ServedFlow("flow.yml", env, run_dir / "flow.log") as flow:
         bar = tqdm(total=len(items), desc="index (gRPC)", unit="img", disable=not progress)
-        outcomes = SearchClient(flow.grpc).index(
-            items, batch_size=32, on_batch=lambda batch: bar.update(len(batch))
-        )
+        with SearchClient(flow.grpc) as grpc:
+            outcomes = grpc.index(
+                items, batch_size=32, on_batch=lambda batch: bar.update(len(batch))
+            )
         bar.close()
         failed = [o for o in outcomes if o.error]
         print(f"indexed {len(outcomes) - len(failed)} held-out images ({len(failed)} errors)")
@@ -44,16 +45,16 @@ def search_demo(
         stored = {item.path: item.caption for item in items}
         candidates = [p for p in pairs if p.caption != stored.get(p.image)]
         picks = candidates[:: max(1, len(candidates) // queries)][:queries]
-        http = SearchClient(flow.http)
         top1 = 0
-        for pair in picks:
-            hits = http.search(text=pair.caption, limit=limit)
-            right = id_of[pair.image]
-            top1 += bool(hits) and hits[0].id == right
-            verdict = "right image first" if hits and hits[0].id == right else "miss"
-            print(f'\nquery (HTTP): "{pair.caption}"  -> {verdict}')
-            for rank, hit in enumerate(hits, 1):
-                mark = "*" if hit.id == right else " "
-                print(f"  {rank}. {mark} {hit.score:.3f}  {hit.id}  ({hit.text})")
+        with SearchClient(flow.http) as http:
+            for pair in picks:
+                hits = http.search(text=pair.caption, limit=limit)
+                right = id_of[pair.image]
+                top1 += bool(hits) and hits[0].id == right
+                verdict = "right image first" if hits and hits[0].id == right else "miss"
+                print(f'\nquery (HTTP): "{pair.caption}"  -> {verdict}')
+                for rank, hit in enumerate(hits, 1):
+                    mark = "*" if hit.id == right else " "
+                    print(f"  {rank}. {mark} {hit.score:.3f}  {hit.id}  ({hit.text})")
     print(f"\nright image ranked first for {top1}/{len(picks)} queries; the Flow is shut down")
     return {"indexed": len(outcomes) - len(failed), "queries": len(picks), "top1": top1}
