@@ -51,9 +51,22 @@ class GrpcTransport:
     ) -> Any:
         """One request; returns the response documents as a `return_type` (a `DocList`
         class; default: that of `docs`)."""
+        return _documents(
+            self.reply(endpoint, docs, parameters, timeout), return_type or type(docs)
+        )
+
+    def reply(
+        self,
+        endpoint: str,
+        docs: Any,
+        parameters: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One request; the gateway's whole reply, a jina `DataRequest` (its `routes` time
+        each executor's part, as the gateway saw it). Errors as `GatewayError`."""
         request = _request(endpoint, docs, parameters)
         # the blocking call waits on this thread; a future would start a helper thread
-        return _documents(lambda: self._call(request, timeout=timeout), return_type or type(docs))
+        return _checked(lambda: self._call(request, timeout=timeout))
 
     def pipeline(
         self,
@@ -66,16 +79,19 @@ class GrpcTransport:
         """Send each batch (a `DocList`) as one request, at most `in_flight` unanswered at a
         time, and call `on_response` with each reply's documents, in order."""
         pending: deque[tuple[Any, type]] = deque()
+
+        def deliver_oldest() -> None:
+            future, doc_list_type = pending.popleft()
+            on_response(_documents(_checked(future.result), doc_list_type))
+
         try:
             for docs in batches:
                 request = _request(endpoint, docs, None)
                 pending.append((self._call.future(request, timeout=timeout), type(docs)))
                 if len(pending) >= in_flight:
-                    future, doc_list_type = pending.popleft()
-                    on_response(_documents(future.result, doc_list_type))
+                    deliver_oldest()
             while pending:
-                future, doc_list_type = pending.popleft()
-                on_response(_documents(future.result, doc_list_type))
+                deliver_oldest()
         finally:
             for future, _ in pending:  # after an error: stop what is still running
                 future.cancel()
@@ -95,8 +111,9 @@ def _request(endpoint: str, docs: Any, parameters: dict[str, Any] | None) -> Any
     return request
 
 
-def _documents(response_of: Callable[[], Any], doc_list_type: type) -> Any:
-    """The documents of a reply, which `response_of()` waits for; errors as `GatewayError`."""
+def _checked(response_of: Callable[[], Any]) -> Any:
+    """The reply that `response_of()` waits for; transport and executor errors as
+    `GatewayError`."""
     from jina.proto import jina_pb2
 
     try:
@@ -115,5 +132,10 @@ def _documents(response_of: Callable[[], Any], doc_list_type: type) -> Any:
             f"{exc.name}: {exc.args[0] if exc.args else ''}" if exc.name else status.description
         )
         raise GatewayError(f"an executor failed the request ({reason})")
+    return response
+
+
+def _documents(response: Any, doc_list_type: type) -> Any:
+    """A reply's documents, read as `doc_list_type`."""
     response.document_array_cls = doc_list_type
     return response.docs

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 
 from client import served_flow
 from client.api import IndexItem, SearchClient
+from client.grpc_transport import GrpcTransport
 from client.served_flow import FLOW_ENV_VARS, REPO, ServedFlow
 from executors.hnsw_indexer import IMAGE_TO_TEXT_SEARCH, TEXT_TO_IMAGE_SEARCH
 from executors.schemas import SEARCH_IMAGE, SearchDoc, StatusDoc
@@ -175,6 +176,28 @@ def test_each_caption_finds_its_image_first_over_grpc_and_http(flow, shapes):
 
     status = grpc_client(flow.grpc).post("/status", return_type=DocList[StatusDoc])
     assert status[0].info["count"] == 16
+
+
+@pytest.mark.slow
+def test_a_text_search_reply_times_the_executors_it_passed(flow, shapes):
+    # what benchmarks/bench_flow_hops.py reads: the gateway's timing of each executor's part
+    transport = GrpcTransport(flow.grpc.removeprefix("grpc://"))
+    try:
+        query = DocList[SearchDoc]([SearchDoc(text=next(iter(captions(shapes).values())))])
+        reply = transport.reply("/search", query, {"limit": 2})
+    finally:
+        transport.close()
+    spans = {
+        r.executor: (r.start_time.ToNanoseconds(), r.end_time.ToNanoseconds()) for r in reply.routes
+    }
+    timed = [name for name, (start, end) in spans.items() if 0 < start <= end]
+    # the image encoder does not bind /search: jina skips it without timing it
+    assert timed == ["gateway", "text_encoder", "indexer"], spans
+    gateway, text_encoder, indexer = (spans[n] for n in timed)
+    assert gateway[0] <= text_encoder[0] <= text_encoder[1] <= indexer[0] <= indexer[1]
+    assert indexer[1] <= gateway[1]
+    reply.document_array_cls = DocList[SearchDoc]
+    assert len(reply.docs[0].matches) == 2
 
 
 @pytest.mark.slow
