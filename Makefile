@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_jina_hops.py
+	$(BIN)/python benchmarks/bench_flow_hops.py
 	$(BIN)/python benchmarks/bench_encoders.py
 
 clean:

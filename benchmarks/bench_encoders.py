@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from results import save_json  # noqa: E402
 
 PEAK_REPEATS = 10
 WORDS = "a photo of the red blue small large dog cat car on in with beach street night".split()
@@ -179,10 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         "towers": rows,
     }
     print_tables(result)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    save_json(result, args.json)
     return result
 
 

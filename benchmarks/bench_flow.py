@@ -35,7 +35,6 @@ Prints a markdown table and writes the numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -52,6 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from bench_jina_hops import passthrough_search, start_passthrough  # noqa: E402
+from results import save_json  # noqa: E402
 from taking_turns import in_blocks_ms  # noqa: E402
 
 from client.served_flow import ServedFlow, flow_env  # noqa: E402
@@ -311,10 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
         "encoder_and_store": idx["flow_grpc"] / idx["in_process_encoder_and_store"],
     }
     print_tables(result)
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"\nwrote {out}")
+    save_json(result, args.json)
     return result
 
 

@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import json
 import math
 import os
 import statistics
@@ -48,6 +47,8 @@ import hnswlib
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from results import save_json  # noqa: E402
+
 from executors.hnsw_store import HNSWStore  # noqa: E402
 
 BATCH = 10_000  # vectors per HNSWStore.upsert call while building
@@ -322,8 +323,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     print(markdown(results))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(results, indent=2))
+        save_json(results, args.out)
     return results
 
 

@@ -1,0 +1,17 @@
+"""Where a benchmark's numbers go: one JSON file beside the table it prints."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from finetune.models import write_json
+
+
+def save_json(result: dict[str, Any], path: str | os.PathLike) -> None:
+    """Write `result` to `path` (its folder made if need be) and say where."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out, result)
+    print(f"\nwrote {out}")
