@@ -17,6 +17,8 @@ from docarray.typing import ID, NdArray
 from docarray.typing.proto_register import _PROTO_TYPE_NAME_TO_CLASS
 from pydantic import Field
 
+from finetune.images import has_image
+
 # The Flow's search endpoints, one per query modality. Each passes only the encoder it needs
 # (jina's gateway skips an executor that does not bind the endpoint), because every executor
 # on the path costs a network hop: text search is gateway -> text encoder -> indexer.
@@ -132,11 +134,6 @@ class StatusDoc(BaseDoc):
     """Answer of `/status`: counts and index parameters."""
 
     info: dict[str, Any] = {}
-
-
-def has_image(doc: SearchDoc) -> bool:
-    """Whether a document carries an image (it then is the image encoder's document)."""
-    return doc.blob is not None or doc.tensor is not None or bool(doc.uri)
 
 
 def is_text_query(doc: SearchDoc) -> bool:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from finetune.data import load_pairs
 from finetune.evaluate import DEFAULT_RECALL_K, evaluate_bundle
+from finetune.images import has_image
 from finetune.models import TEXT_TOWER, VISION_TOWER, CLIPBundle, create_clip, resolve_device
 from finetune.towers import TextTower, VisionTower, load_tower, tower_from_bundle
 
@@ -88,8 +89,8 @@ def _looks_like_image(value: str) -> bool:
 
 def _encode_docs(model: Model, docs: Any, batch_size: int) -> Any:
     # A doc with an image is embedded as an image (its text is a stored caption), as in the Flow.
-    image_docs = [d for d in docs if _has_image(d)]
-    text_docs = [d for d in docs if not _has_image(d) and getattr(d, "text", None)]
+    image_docs = [d for d in docs if has_image(d)]
+    text_docs = [d for d in docs if not has_image(d) and getattr(d, "text", None)]
     for kind, subset, inputs in (
         (TEXT_TOWER, text_docs, lambda: [d.text for d in text_docs]),
         (VISION_TOWER, image_docs, lambda: [_doc_image(d) for d in image_docs]),
@@ -100,10 +101,6 @@ def _encode_docs(model: Model, docs: Any, batch_size: int) -> Any:
             ):
                 doc.embedding = emb
     return docs
-
-
-def _has_image(doc: Any) -> bool:
-    return any(getattr(doc, f, None) is not None for f in ("tensor", "blob", "uri"))
 
 
 def _doc_image(doc: Any) -> Image.Image | str | bytes | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -79,3 +79,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def is_image_path(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def has_image(doc: Any) -> bool:
+    """Whether a document (any docarray document with image fields) carries an image: a
+    `tensor`, bytes in `blob`, or a non-empty `uri`. Such a document is embedded as an image;
+    its `text`, if any, is a stored caption."""
+    return (
+        getattr(doc, "blob", None) is not None
+        or getattr(doc, "tensor", None) is not None
+        or bool(getattr(doc, "uri", None))
+    )
