@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,7 +32,7 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from results import save_json  # noqa: E402
+from results import machine, save_json  # noqa: E402
 
 PEAK_REPEATS = 10
 WORDS = "a photo of the red blue small large dog cat car on in with beach street night".split()
@@ -166,14 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows.values():
         row["fraction_of_peak"] = row["achieved_gflops"] / peak
     result = {
-        "config": {
-            **vars(args),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "processor": platform.processor(),
-        },
+        "config": {**vars(args), **machine()},
         "matmul_peak_gflops": peak,
         "matmul_peak_gflops_before_after": [peak_before, peak_after],
         "towers": rows,

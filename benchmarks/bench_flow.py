@@ -36,8 +36,6 @@ Prints a markdown table and writes the numbers as JSON.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -52,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from bench_jina_hops import passthrough_search, start_passthrough  # noqa: E402
-from results import save_json  # noqa: E402
+from results import machine, save_json  # noqa: E402
 from taking_turns import in_blocks_ms  # noqa: E402
 
 from client.served_flow import ServedFlow, flow_env  # noqa: E402
@@ -286,13 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         return med(x[q] for x in rounds[key])
 
     result = {
-        "config": {
-            **vars(args),
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-        },
+        "config": {**vars(args), **machine()},
         "rounds": rounds,
         "index_images_per_s": {
             "in_process_encoder": med(rounds["inproc_enc"]),

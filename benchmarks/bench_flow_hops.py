@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from bench_flow import InProcess, Served, make_images, queries  # noqa: E402
 from bench_jina_hops import start_passthrough  # noqa: E402
-from results import save_json  # noqa: E402
+from results import machine, save_json  # noqa: E402
 from taking_turns import in_blocks_ms  # noqa: E402
 
 from client.served_flow import ServedFlow  # noqa: E402
@@ -158,7 +158,11 @@ def main(argv: list[str] | None = None) -> dict:
     def med(name: str) -> dict[str, float]:
         return {k: statistics.median(r[k] for r in rounds[name]) for k in rounds[name][0]}
 
-    result = {"config": vars(args), "rounds": rounds, **{name: med(name) for name in rounds}}
+    result = {
+        "config": {**vars(args), **machine()},
+        "rounds": rounds,
+        **{name: med(name) for name in rounds},
+    }
     print_tables(result)
     save_json(result, args.json)
     return result

@@ -3,10 +3,24 @@
 from __future__ import annotations
 
 import os
+import platform
 from pathlib import Path
 from typing import Any
 
 from finetune.models import write_json
+
+
+def machine() -> dict[str, Any]:
+    """What ran a benchmark: Python, torch, CPUs, so that numbers can be compared."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+    }
 
 
 def save_json(result: dict[str, Any], path: str | os.PathLike) -> None:
