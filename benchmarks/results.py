@@ -1,4 +1,5 @@
-"""Where a benchmark's numbers go: one JSON file beside the table it prints."""
+"""What every benchmark keeps beside the table it prints: the machine it ran on, and its numbers
+as JSON."""
 
 from __future__ import annotations
 
