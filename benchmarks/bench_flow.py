@@ -131,11 +131,15 @@ class InProcess:
                 )
         return len(paths) / (time.perf_counter() - start)
 
-    def search(self, text: str, limit: int) -> None:
+    def encode(self, text: str) -> np.ndarray:
+        """The query's embedding, as the text encoder executor computes it."""
         import torch
 
         with torch.inference_mode():
-            assert self.store.search(self.text_tower.encode([text]), limit=limit)[0]
+            return self.text_tower.encode([text])
+
+    def search(self, text: str, limit: int) -> None:
+        assert self.store.search(self.encode(text), limit=limit)[0]
 
 
 # --- through the Flow ---------------------------------------------------------------------------

@@ -122,16 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
         try:
             flows["ours"].index(paths, 32, prefix="")
             local.index_batches(paths, 32, store=True)
-
-            def encode(text: str) -> np.ndarray:
-                with torch.inference_mode():  # as the encoder executor runs it
-                    return local.text_tower.encode([text])
-
-            vectors = {t: encode(t) for t in texts}
+            vectors = {t: local.encode(t) for t in texts}
             for name, flow in flows.items():
                 searchers[name], close = flow_search(flow, args.limit, parts[name])
                 closers.append(close)
-            searchers["encode"] = searchers["encode_idle"] = encode
+            searchers["encode"] = searchers["encode_idle"] = local.encode
             searchers["knn"] = searchers["knn_idle"] = lambda t: local.store.search(
                 vectors[t], limit=args.limit
             )
