@@ -104,7 +104,7 @@ class InProcess:
 
     def __init__(self, tower: str, workspace: Path, threads: int):
         from executors.encoders import CLIPImageEncoder
-        from executors.hnsw_store import HNSWStore
+        from search.hnsw_store import HNSWStore
         from finetune.towers import load_tower
 
         # the tower folders the Flow's encoders load (flow_env points them there too)

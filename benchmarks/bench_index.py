@@ -49,7 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from results import save_json  # noqa: E402
 
-from executors.hnsw_store import HNSWStore  # noqa: E402
+from search.hnsw_store import HNSWStore  # noqa: E402
 
 BATCH = 10_000  # vectors per HNSWStore.upsert call while building
 

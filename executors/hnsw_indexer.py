@@ -44,7 +44,7 @@ import numpy as np
 from docarray import DocList
 from jina import Executor, requests
 
-from executors.hnsw_store import HNSWStore, check_vector
+from search.hnsw_store import HNSWStore, check_vector
 from executors.schemas import (
     SEARCH_IMAGE,
     SEARCH_TEXT,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from executors.hnsw_store import HNSWStore, check_vector
+from search.hnsw_store import HNSWStore, check_vector
 
 DIM = 16
 REPO = Path(__file__).resolve().parents[1]
@@ -258,7 +258,7 @@ def test_reopen_after_close_finds_everything(tmp_path):
 CATCH_UP_WRITER = """
     import os, sys
     import numpy as np
-    from executors.hnsw_store import HNSWStore
+    from search.hnsw_store import HNSWStore
 
     x = np.random.default_rng(0).normal(size=(80, 16)).astype(np.float32)
     s = HNSWStore(sys.argv[1], initial_capacity=16, snapshot_every=10**9)
@@ -308,7 +308,7 @@ def test_damaged_snapshot_is_rebuilt_from_sqlite(tmp_path):
 KILL_WRITER = """
     import json, sys, zlib
     import numpy as np
-    from executors.hnsw_store import HNSWStore
+    from search.hnsw_store import HNSWStore
 
     path, prefix = sys.argv[1:]
     rng = np.random.default_rng(zlib.crc32(prefix.encode()))
