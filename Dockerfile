@@ -17,7 +17,9 @@ FROM ${BASE_IMAGE}
 # CPU-only torch wheels (a fraction of the CUDA ones' size); empty = PyPI's default wheels.
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 
+# In a container the gateway must listen on all interfaces to be reachable through -p.
 ENV PYTHONUNBUFFERED=1 \
+    HOST=0.0.0.0 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
@@ -27,6 +29,7 @@ WORKDIR /app
 # only the packaging files invalidate.
 COPY pyproject.toml constraints.txt README.md ./
 COPY finetune/ finetune/
+COPY search/ search/
 COPY executors/ executors/
 COPY client/ client/
 RUN pip install "setuptools>=77,<81" wheel \

@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-cache
 
 format: $(STAMP)
 	$(BIN)/ruff format .
@@ -31,21 +32,20 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -ra -m "not slow"
 
 demo: $(STAMP)
-	$(BIN)/python -m finetune demo --output runs/demo
+	$(BIN)/python -m demo run --output runs/demo
 
 # The search service on the demo's towers (override with TEXT_TOWER=..., VISION_TOWER=..., see flow.yml).
 serve: $(STAMP)
 	$(BIN)/jina flow --uses flow.yml
 
-# Rebuilds the committed base model (finetune/assets/base-model) from random init.
+# Rebuilds the committed base model (demo/assets/base-model) from random init.
 base-model: $(STAMP)
-	$(BIN)/python -m finetune base-model --output finetune/assets/base-model
+	$(BIN)/python -m demo base-model
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_index.py
 	$(BIN)/python benchmarks/bench_flow.py
-	$(BIN)/python benchmarks/bench_jina_hops.py
 	$(BIN)/python benchmarks/bench_flow_hops.py
 	$(BIN)/python benchmarks/bench_encoders.py
 

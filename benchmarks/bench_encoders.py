@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from docarray import DocList
 
+    from client.wire import SearchDoc
     from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
-    from executors.schemas import SearchDoc
+    from finetune.artifact import save_towers
     from finetune.models import create_clip
-    from finetune.towers import save_towers
 
     # the peak is measured before and after the models (best of each): on a shared machine a
     # single measurement may fall into a busy moment and understate it

@@ -10,11 +10,11 @@ Side by side, in one run, on the same towers and the same kind of store:
   vs end to end through `jina flow --uses flow.yml`: over gRPC with the project's client
   (`client.api.SearchClient`, one kept-open channel) and with jina's `Client` (a new channel
   per call), and over HTTP (`SearchClient`, kept-alive session); p50 / p99, and the Flow's
-  overhead at p50 (target <= 5 ms). In-process runs twice: one query after the other (the
+  overhead at p50. In-process runs twice: one query after the other (the
   baseline), and with 5 ms idle before each query, which shows what running cold costs the
   same work (in the Flow each executor idles while the others take their turn). One more
   path: jina alone, a Flow of two do-nothing executors carrying the same query and a 10-match
-  answer (`bench_jina_hops.py`), the floor under a two-hop text search. The paths take turns
+  answer (`jina_floor.py`), the floor under a two-hop text search. The paths take turns
   in short blocks of `--block` queries (in a shuffled order each time), so that all of them
   see the same moments of this noisy machine; queries one by one would not do, because a
   multi-threaded torch spins its threads for a while after each call, which then slows
@@ -49,12 +49,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
-from bench_jina_hops import passthrough_search, start_passthrough  # noqa: E402
+from jina_floor import passthrough_search, start_passthrough  # noqa: E402
 from results import machine, save_json  # noqa: E402
 from taking_turns import in_blocks_ms  # noqa: E402
 
-from client.served_flow import ServedFlow, flow_env  # noqa: E402
-from finetune.models import BASE_MODEL_DIR  # noqa: E402
+from demo import BASE_MODEL_DIR  # noqa: E402
+from demo.served_flow import ServedFlow, flow_env  # noqa: E402
+from finetune.batching import batched  # noqa: E402
+from search.documents import Document  # noqa: E402
+from search.encoders import ImageEncoder, TextEncoder  # noqa: E402
+from search.hnsw_store import HNSWStore  # noqa: E402
 
 # each search path's name in the table
 LATENCY_NAMES = {
@@ -63,7 +67,7 @@ LATENCY_NAMES = {
     "grpc": "Flow, gRPC, SearchClient (kept-open channel)",
     "grpc_jina_client": "Flow, gRPC, jina Client (new channel per call)",
     "http": "Flow, HTTP, SearchClient (kept-alive session)",
-    "jina_floor": "jina alone: 2 do-nothing executors, gRPC (bench_jina_hops.py)",
+    "jina_floor": "jina alone: 2 do-nothing executors, gRPC (jina_floor.py)",
 }
 # the paths compared with in-process one query after the other
 COMPARED_PATHS = ("in_process_idle", "grpc", "grpc_jina_client", "http", "jina_floor")
@@ -100,31 +104,20 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 
 class InProcess:
-    """The Flow's work without the Flow: the same encoders and the same store, one process."""
+    """The Flow's work without the Flow: the core's encoders and store, in one process."""
 
     def __init__(self, tower: str, workspace: Path, threads: int):
-        from executors.encoders import CLIPImageEncoder
-        from search.hnsw_store import HNSWStore
-        from finetune.towers import load_tower
-
         # the tower folders the Flow's encoders load (flow_env points them there too)
-        self.image_encoder = CLIPImageEncoder(tower=f"{tower}/clip-vision", num_threads=threads)
-        self.text_tower = load_tower(f"{tower}/clip-text", "clip-text")
+        self.image_encoder = ImageEncoder(f"{tower}/clip-vision", num_threads=threads)
+        self.text_encoder = TextEncoder(f"{tower}/clip-text", num_threads=threads)
         self.store = HNSWStore(workspace)
 
     def index_batches(self, paths: list[Path], batch: int, store: bool) -> float:
-        """images/s of the image encoder executor (plus the store's upsert if `store`)."""
-        from docarray import DocList
-
-        from executors.schemas import SearchDoc
-
+        """images/s of the image encoder (plus the store's upsert if `store`)."""
         start = time.perf_counter()
-        for i in range(0, len(paths), batch):
-            chunk = paths[i : i + batch]
-            docs = DocList[SearchDoc](
-                [SearchDoc(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
-            )
-            docs = self.image_encoder.encode(docs)
+        for chunk in batched(paths, batch):
+            docs = [Document(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
+            self.image_encoder.embed(docs)
             if store:
                 self.store.upsert(
                     [d.id for d in docs], [d.embedding for d in docs], uri=[d.uri for d in docs]
@@ -132,11 +125,10 @@ class InProcess:
         return len(paths) / (time.perf_counter() - start)
 
     def encode(self, text: str) -> np.ndarray:
-        """The query's embedding, as the text encoder executor computes it."""
-        import torch
-
-        with torch.inference_mode():
-            return self.text_tower.encode([text])
+        """The query's embedding, as the text encoder computes it in the Flow."""
+        doc = Document(text=text)
+        self.text_encoder.embed([doc])
+        return doc.embedding
 
     def search(self, text: str, limit: int) -> None:
         assert self.store.search(self.encode(text), limit=limit)[0]
@@ -174,7 +166,7 @@ class Served(ServedFlow):
         from jina import Client
 
         from client.api import SearchClient
-        from executors.schemas import SearchDoc
+        from client.wire import SearchDoc
 
         grpc, http, jina_client = (
             SearchClient(self.grpc),
@@ -209,8 +201,8 @@ def _assert_hits(hits: list) -> None:
 
 def random_init_towers(model: str, folder: Path) -> str:
     """A run-like folder with random-init towers of open_clip architecture `model`."""
+    from finetune.artifact import save_towers
     from finetune.models import create_clip
-    from finetune.towers import save_towers
 
     save_towers(create_clip(model), folder)
     return str(folder)
@@ -247,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"starting the Flow ({args.model or args.tower}) ...", file=sys.stderr)
         served = Served(args.tower, tmp / "ws", args.threads, tmp / "flow.log")
         # what jina itself costs for the two hops of a text search, at the same moments
-        floor = start_passthrough(2, args.limit, speedups=True, tmp=tmp)
+        floor = start_passthrough(2, args.limit, tmp=tmp)
         rounds: dict[str, list] = {k: [] for k in ("inproc_enc", "inproc_enc_store", "flow_index")}
         rounds.update({key: [] for key in LATENCY_NAMES})
         searchers, close_clients = served.searchers(args.limit)

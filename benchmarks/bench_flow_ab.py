@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 from bench_flow import Served, make_images, percentiles, queries  # noqa: E402
 from taking_turns import in_blocks_ms  # noqa: E402
 
-from finetune.models import BASE_MODEL_DIR  # noqa: E402
+from demo import BASE_MODEL_DIR  # noqa: E402
 
 SIDES = ("this", "other")
 

@@ -16,7 +16,7 @@ through `flow.yml` (committed base model or `--tower`, 1 torch thread per encode
 
 At the same moments (all paths take turns in blocks of `--block` queries), the same split of
 jina alone (two do-nothing executors, the second answering `--limit` canned matches:
-`bench_jina_hops.py`), and the Flow's real work done in-process (`TextTower.encode`,
+`jina_floor.py`), and the Flow's real work done in-process (`TextTower.encode`,
 `HNSWStore.search`), one query after the other and with 5 ms idle before each query: an
 executor of the Flow idles while the others take their turn, and on this VM that alone makes
 the same work slower (the idle row). Medians over queries per round, then over rounds; the
@@ -40,12 +40,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
 
 from bench_flow import InProcess, Served, make_images, queries  # noqa: E402
-from bench_jina_hops import start_passthrough  # noqa: E402
+from jina_floor import start_passthrough  # noqa: E402
 from results import machine, save_json  # noqa: E402
 from taking_turns import in_blocks_ms  # noqa: E402
 
-from client.served_flow import ServedFlow  # noqa: E402
-from finetune.models import BASE_MODEL_DIR  # noqa: E402
+from demo import BASE_MODEL_DIR  # noqa: E402
+from demo.served_flow import ServedFlow  # noqa: E402
 
 FLOWS = {"ours": "flow.yml", "jina": "jina alone (2 do-nothing executors)"}
 IN_PROCESS = {
@@ -79,7 +79,7 @@ def flow_search(flow: ServedFlow, limit: int, parts: list[dict]) -> tuple[Callab
     from docarray import DocList
 
     from client.grpc_transport import GrpcTransport
-    from executors.schemas import SearchDoc
+    from client.wire import SearchDoc
 
     transport = GrpcTransport(flow.grpc.removeprefix("grpc://"))
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("starting the Flow and jina alone ...", file=sys.stderr)
         flows = {
             "ours": Served(args.tower, tmp / "ws", 1, tmp / "flow.log"),
-            "jina": start_passthrough(2, args.limit, speedups=True, tmp=tmp),
+            "jina": start_passthrough(2, args.limit, tmp=tmp),
         }
         parts: dict[str, list[dict]] = {name: [] for name in flows}
         searchers, closers = {}, []

@@ -139,8 +139,8 @@ class Data:
 
 
 def make_data(root: Path, n: int, batch_size: int, seed: int) -> Data:
+    from demo.sample_data import generate_sample_data
     from finetune.data import load_pairs
-    from finetune.sample_data import generate_sample_data
 
     info = generate_sample_data("generic", n, root, seed=seed, progress=False)
     pairs = load_pairs(info.train_file, format="flickr8k").pairs

@@ -1,4 +1,4 @@
-"""A do-nothing executor for `bench_jina_hops.py`: what jina itself costs per hop.
+"""A do-nothing executor (see `jina_floor.py`): what jina itself costs per hop.
 
 It returns the documents it gets; with ``matches=N`` it also attaches N canned matches, so the
 last hop answers with as much as the real indexer does. No ``from __future__ import
@@ -10,7 +10,7 @@ from typing import Any
 from docarray import DocList
 from jina import Executor, requests
 
-from executors.schemas import Match, SearchDoc
+from client.wire import Match, SearchDoc
 
 
 class PassThrough(Executor):

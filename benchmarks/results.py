@@ -8,7 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from finetune.models import write_json
+from finetune.atomic import write_json
 
 
 def machine() -> dict[str, Any]:

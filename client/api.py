@@ -22,12 +22,18 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+from docarray import DocList
+
 from client.grpc_transport import GatewayError, GrpcTransport
+from client.wire import DELETE, INDEX, SEARCH_IMAGE, SEARCH_TEXT, STATUS, SearchDoc, StatusDoc
+from finetune.batching import batched
+from finetune.data import load_pairs
+from finetune.images import is_image_path
 
 DEFAULT_HOST = "grpc://127.0.0.1:51000"
 DEFAULT_TIMEOUT_S = 300.0
@@ -80,13 +86,9 @@ def images_to_index(path: str | os.PathLike) -> list[IndexItem]:
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if source.is_dir():
-        from finetune.images import is_image_path
-
         base = source.resolve()
         files = sorted(p for p in base.rglob("*") if p.is_file() and is_image_path(p.name))
         return [IndexItem(_stable_id(p, base), str(p)) for p in files]
-    from finetune.data import load_pairs
-
     pairs = load_pairs(source, check_images=False).pairs
     base = source.resolve().parent
     captions: dict[str, str] = {}
@@ -143,25 +145,21 @@ class SearchClient:
 
         docs = self._index_docs(items, done)
         if self.protocol == "grpc":
-            from docarray import DocList
-
-            from executors.schemas import SearchDoc
-
             batches = (
                 DocList[SearchDoc]([SearchDoc(**d) for d in batch])
-                for batch in _batched(docs, batch_size)
+                for batch in batched(docs, batch_size)
             )
             with self._grpc_errors():
                 self._transport().pipeline(
-                    "/index",
+                    INDEX,
                     batches,
                     lambda answer: done([_outcome(_doc_dict(d)) for d in answer]),
                     in_flight=IN_FLIGHT,
                     timeout=self.timeout,
                 )
         else:
-            for batch in _batched(docs, batch_size):
-                done([_outcome(d) for d in self._http_post("/index", batch)])
+            for batch in batched(docs, batch_size):
+                done([_outcome(d) for d in self._http_post(INDEX, batch)])
         return outcomes
 
     def search(
@@ -171,8 +169,6 @@ class SearchClient:
         limit: int = 10,
     ) -> list[Hit]:
         """The `limit` best matches of a text or an image (a file path or bytes)."""
-        from executors.schemas import SEARCH_IMAGE, SEARCH_TEXT
-
         if (text is None) == (image is None):
             raise ValueError("search needs a text or an image, not both")
         endpoint, doc = SEARCH_TEXT, {"text": text}
@@ -189,11 +185,11 @@ class SearchClient:
 
     def delete(self, ids: Iterable[str]) -> list[Outcome]:
         """Delete documents by id; unknown ids come back with error `unknown id`."""
-        return [_outcome(d) for d in self.post("/delete", [{"id": str(i)} for i in ids])]
+        return [_outcome(d) for d in self.post(DELETE, [{"id": str(i)} for i in ids])]
 
     def status(self) -> dict[str, Any]:
         """The index's counts and parameters."""
-        answers = self.post("/status", [])
+        answers = self.post(STATUS, [])
         return answers[0].get("info", {}) if answers else {}
 
     # --- transport ------------------------------------------------------------------------
@@ -204,11 +200,7 @@ class SearchClient:
         """One request; documents in and out as plain dicts (SearchDoc's fields)."""
         if self.protocol == "http":
             return self._http_post(endpoint, docs, parameters)
-        from docarray import DocList
-
-        from executors.schemas import SearchDoc, StatusDoc
-
-        out_type = StatusDoc if endpoint == "/status" else SearchDoc
+        out_type = StatusDoc if endpoint == STATUS else SearchDoc
         with self._grpc_errors():
             result = self._transport().post(
                 endpoint,
@@ -261,8 +253,6 @@ class SearchClient:
     def _http_post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        import requests
-
         payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters or {}}
         if self._http is None:
             self._http = requests.Session()  # kept alive: no TCP handshake per query
@@ -319,9 +309,3 @@ def _json_doc(doc: dict[str, Any]) -> dict[str, Any]:
 def _data_uri(data: bytes, name: str | None) -> str:
     mime = (mimetypes.guess_type(name)[0] if name else None) or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
-        yield batch

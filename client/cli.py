@@ -20,6 +20,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from tqdm import tqdm
+
 from client.api import DEFAULT_HOST, ClientError, Outcome, SearchClient, images_to_index
 
 # Failed documents listed in full at the end of `index`; the rest are counted.
@@ -74,8 +76,6 @@ def cmd_index(client: SearchClient, args: argparse.Namespace, parser) -> int:
     if not items:
         print(f"error: no images found in {args.path}", file=sys.stderr)
         return 2
-    from tqdm import tqdm
-
     acknowledged = []
 
     def on_batch(batch: list[Outcome]) -> None:

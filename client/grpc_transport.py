@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
+from jina.proto import jina_pb2, jina_pb2_grpc
+from jina.types.request.data import DataRequest
 
 # Batches of photos exceed gRPC's default 4 MiB message limit; jina's gateway lifts it too.
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -32,8 +34,6 @@ class GrpcTransport:
     """Requests to one gateway, `HOST:PORT`, on a channel opened once (TLS when `tls`)."""
 
     def __init__(self, target: str, tls: bool = False):
-        from jina.proto import jina_pb2_grpc
-
         if tls:
             creds = grpc.ssl_channel_credentials()
             self.channel = grpc.secure_channel(target, creds, options=_UNLIMITED)
@@ -101,8 +101,6 @@ class GrpcTransport:
 
 
 def _request(endpoint: str, docs: Any, parameters: dict[str, Any] | None) -> Any:
-    from jina.types.request.data import DataRequest
-
     request = DataRequest()
     request.header.exec_endpoint = endpoint
     request.document_array_cls = type(docs)
@@ -114,8 +112,6 @@ def _request(endpoint: str, docs: Any, parameters: dict[str, Any] | None) -> Any
 def _checked(response_of: Callable[[], Any]) -> Any:
     """The reply that `response_of()` waits for; transport and executor errors as
     `GatewayError`."""
-    from jina.proto import jina_pb2
-
     try:
         response = response_of()
     except grpc.RpcError as e:

@@ -1,4 +1,4 @@
-"""Defaults of the settings the Flow YAMLs read from the environment.
+"""The settings the Flow YAMLs read from the environment: the one list, with defaults.
 
 jina 3.34 has no `${VAR:-default}` syntax: it replaces `${{ ENV.VAR }}` when it reads the YAML
 and leaves the text `$VAR` when VAR is unset. flow.yml and flow.scaled.yml list this module in
@@ -13,24 +13,45 @@ Kept free of heavy imports: it runs in the process that starts the Flow.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import MutableMapping
+from typing import Any
 
-FLOW_ENV_DEFAULTS = {
-    "GRPC_PORT": "51000",
-    "HTTP_PORT": "51001",
-    "HOST": "0.0.0.0",
-    "WORKSPACE": "workspace",
-    "TEXT_TOWER": "runs/demo/clip-text",
-    "VISION_TOWER": "runs/demo/clip-vision",
-    "IMAGE_ROOTS": "",  # none: local image files are refused
-    "TORCH_THREADS": "",  # CPUs / replicas (executors.common.torch_threads)
+# name -> (default, what it sets); flow.yml's header and the README list the same.
+FLOW_SETTINGS: dict[str, tuple[str, str]] = {
+    "GRPC_PORT": ("51000", "gateway gRPC port"),
+    "HTTP_PORT": ("51001", "gateway HTTP port"),
+    "HOST": ("127.0.0.1", "gateway address; 0.0.0.0 serves on all interfaces"),
+    "WORKSPACE": ("workspace", "where the index is stored"),
+    "TEXT_TOWER": ("runs/demo/clip-text", "text tower: tower or run folder, or NAME#PRETRAINED"),
+    "VISION_TOWER": ("runs/demo/clip-vision", "vision tower, likewise"),
+    "IMAGE_ROOTS": ("", "folders image uris may point into (':'-separated); none: no files"),
+    "TORCH_THREADS": ("", "torch threads per encoder process on a CPU host (CPUs / replicas)"),
 }
+FLOW_ENV_DEFAULTS = {name: default for name, (default, _) in FLOW_SETTINGS.items()}
+
+# What jina 3.34 leaves in place of `${{ ENV.VAR }}` when VAR is not set: the text `$VAR`,
+# or the template itself when substitution was off.
+_PLACEHOLDER = re.compile(r"^\s*\$(\w+|\{\{\s*(?:ENV|env)\.\w+\s*\}\})\s*$")
 
 
 def apply_flow_env_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
     """Set each unset Flow setting to its default in `environ`."""
     for name, value in FLOW_ENV_DEFAULTS.items():
         environ.setdefault(name, value)
+
+
+def is_unset(value: Any) -> bool:
+    """True for None, an empty string, or an environment placeholder jina left unexpanded."""
+    return value is None or (
+        isinstance(value, str) and (not value.strip() or bool(_PLACEHOLDER.match(value)))
+    )
+
+
+def setting(value: Any, default: Any) -> Any:
+    """`value`, or `default` when it is unset (see `is_unset`): keeps an executor on its
+    default should `$VAR` still reach it."""
+    return default if is_unset(value) else value
 
 
 apply_flow_env_defaults()

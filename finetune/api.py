@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from finetune.artifact import TEXT_TOWER, VISION_TOWER, load_model
 from finetune.data import load_pairs
 from finetune.evaluate import DEFAULT_RECALL_K, evaluate_bundle
-from finetune.images import has_image
-from finetune.models import TEXT_TOWER, VISION_TOWER, CLIPBundle, create_clip, resolve_device
+from finetune.images import has_image, is_image_path, load_image
+from finetune.models import CLIPBundle, resolve_device
 from finetune.towers import TextTower, VisionTower, load_tower, tower_from_bundle
 
 Model = CLIPBundle | TextTower | VisionTower
@@ -29,7 +30,7 @@ def get_model(
     device = resolve_device(device)
     if select_model is not None:
         return load_tower(artifact, select_model, device=device)
-    bundle = create_clip(artifact, device=device)
+    bundle = load_model(artifact, device=device)
     bundle.model.eval()
     return bundle
 
@@ -74,16 +75,11 @@ def _tower(model: Model, kind: str) -> TextTower | VisionTower:
 
 
 def _is_doclist(data: Any) -> bool:
-    try:
-        from docarray import DocList
-    except ImportError:  # pragma: no cover - docarray is a dependency
-        return False
-    return isinstance(data, DocList)
+    # by its shape, so that the trainer does not import docarray: a DocList knows its doc type
+    return hasattr(data, "doc_type") and hasattr(data, "__iter__")
 
 
 def _looks_like_image(value: str) -> bool:
-    from finetune.images import is_image_path
-
     return is_image_path(value) and os.path.exists(value)
 
 
@@ -104,8 +100,6 @@ def _encode_docs(model: Model, docs: Any, batch_size: int) -> Any:
 
 
 def _doc_image(doc: Any) -> Image.Image | str | bytes | None:
-    from finetune.images import load_image
-
     tensor = getattr(doc, "tensor", None)
     if tensor is not None:
         return Image.fromarray(np.asarray(tensor, dtype=np.uint8))

@@ -1,7 +1,8 @@
-"""`python -m finetune fit|eval|compare|sample-data|demo|base-model`: a thin layer over the API.
+"""`python -m finetune fit|eval|compare`: a thin layer over the Python API.
 
-The `fit` flags are generated from `FitConfig`'s fields, so the CLI and `finetune.fit(...)`
-always take the same names (`--learning-rate` is `learning_rate=`).
+The `fit` flags are generated from `FitConfig`'s fields (names, types, defaults, choices), so
+the CLI and `finetune.fit(...)` always take the same names (`--learning-rate` is
+`learning_rate=`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,13 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from finetune.train import FitConfig
+from finetune import atomic
+from finetune.api import evaluate
+from finetune.compare import compare
+from finetune.report import to_markdown
+from finetune.train import FitConfig, fit
 
 FIT_HELP: dict[str, str] = {
     "model": "open_clip model as NAME[#PRETRAINED]: ViT-B-32#openai, "
@@ -70,15 +75,6 @@ FIT_HELP: dict[str, str] = {
     "progress": "progress bars",
 }
 
-CHOICES = {
-    "optimizer": ("adam", "adamw"),
-    "schedule": ("constant", "cosine"),
-    "precision": ("fp32", "amp", "bf16"),
-    "device": ("auto", "cpu", "cuda"),
-    "format": ("auto", "csv", "openclip-csv", "flickr8k", "karpathy", "coco"),
-    "save_dtype": ("float32", "float16"),
-}
-
 EXAMPLES = """examples:
   # fine-tune OpenAI's ViT-B-32 on your CSV of text,image pairs (the seed's defaults)
   python -m finetune fit --model ViT-B-32#openai --train-data pairs.csv --eval-data test.csv \\
@@ -91,44 +87,44 @@ EXAMPLES = """examples:
 
 
 def _add_fit_arguments(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
-    defaults = FitConfig()
+    """One flag per `FitConfig` field: its name, type, default and choices come from there."""
+    defaults, hints, choices = FitConfig(), get_type_hints(FitConfig), FitConfig.choices()
     for f in dataclasses.fields(FitConfig):
         if f.name in exclude:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = FIT_HELP.get(f.name, "")
+        kind = _value_type(hints[f.name])
         if f.name == "progress":
             parser.add_argument(
                 "--no-progress", dest="progress", action="store_false", help="no progress bars"
             )
-        elif isinstance(default, bool):
+        elif kind is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
-        elif f.name == "recall_k":
-            parser.add_argument(flag, type=int, nargs="+", default=list(default), help=help_text)
+        elif get_origin(hints[f.name]) is tuple:
+            parser.add_argument(flag, type=kind, nargs="+", default=list(default), help=help_text)
         else:
-            kind = _field_type(f.name, default)
             if default not in (None, ""):
                 help_text += f" (default: {default})"
             parser.add_argument(
                 flag,
                 type=kind,
                 default=default,
-                choices=CHOICES.get(f.name),
+                choices=choices.get(f.name),
                 required=f.name == "train_data",
-                metavar=None if f.name in CHOICES else f.name.upper(),
+                metavar=None if f.name in choices else f.name.upper(),
                 help=help_text,
             )
 
 
-def _field_type(name: str, default: Any) -> type:
-    if name in ("learning_rate", "weight_decay", "grad_clip_norm", "wise_ft", "max_bad_fraction"):
-        return float
-    if name in ("workers", "early_stopping_patience", "max_steps", "max_pairs") or isinstance(
-        default, int
-    ):
-        return int
-    return str
+def _value_type(hint: Any) -> type:
+    """The type argparse converts a flag's value to: `int | None` -> int, `tuple[int, ...]`
+    -> int, `Literal["a", "b"]` -> str."""
+    if get_origin(hint) is Literal:
+        return type(get_args(hint)[0])
+    args = [a for a in get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return _value_type(args[0]) if args else hint
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,11 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="run folder, tower folder or NAME[#PRETRAINED]")
     ev.add_argument("--data", required=True, help="any data file `fit` reads")
     ev.add_argument("--recall-k", type=int, nargs="+", default=[1, 5, 10])
-    ev.add_argument("--format", default="auto", choices=CHOICES["format"])
+    ev.add_argument("--format", default="auto", choices=FitConfig.choices()["format"])
     ev.add_argument("--split", default=None, help="Karpathy split (default: all)")
     ev.add_argument("--image-root", default=None)
     ev.add_argument("--prompt", default=None)
-    ev.add_argument("--device", default="auto", choices=CHOICES["device"])
+    ev.add_argument("--device", default="auto", choices=FitConfig.choices()["device"])
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--output", default=None, help="also write the metrics to this JSON file")
 
@@ -179,21 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="runs/compare", help="report folder (default: runs/compare)"
     )
     _add_fit_arguments(cmp, exclude=COMPARE_OWN)
-
-    sd = sub.add_parser("sample-data", help="generate the offline sample domains (Flickr8k layout)")
-    sd.add_argument("--domain", choices=("generic", "target"), required=True)
-    sd.add_argument("--n", type=int, default=1000, help="number of images (5 captions each)")
-    sd.add_argument("--out", required=True, help="output folder")
-    sd.add_argument("--seed", type=int, default=0)
-    sd.add_argument("--test-fraction", type=float, default=0.2)
-
-    demo = sub.add_parser("demo", help="offline demo: zero-shot vs fine-tuned, report, search")
-    demo.add_argument("--output", default="runs/demo")
-    demo.add_argument("--no-search", dest="search", action="store_false", help="skip the Flow")
-    demo.add_argument("--no-progress", dest="progress", action="store_false")
-
-    base = sub.add_parser("base-model", help="rebuild the committed base model from random init")
-    base.add_argument("--output", default=None, help="default: finetune/assets/base-model")
     return parser
 
 
@@ -216,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_fit(args: argparse.Namespace) -> int:
-    from finetune.train import fit
-
     fields = {f.name for f in dataclasses.fields(FitConfig)}
     run = fit(**{k: v for k, v in vars(args).items() if k in fields})
     print(json.dumps({"output": str(run.output), "best": run.best, "steps": run.steps}, indent=2))
@@ -225,8 +204,6 @@ def _run_fit(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from finetune.api import evaluate
-
     metrics = evaluate(
         args.model,
         args.data,
@@ -242,14 +219,11 @@ def _run_eval(args: argparse.Namespace) -> int:
     print(text)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(text + "\n")
+        atomic.write_text(args.output, text + "\n")
     return 0
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from finetune.compare import compare
-    from finetune.report import to_markdown
-
     fields = {f.name for f in dataclasses.fields(FitConfig)} - set(COMPARE_OWN)
     fit_config = FitConfig(train_data="-", **{k: v for k, v in vars(args).items() if k in fields})
     rows = compare(args.models, args.datasets, args.output, fit_config, recall_k=args.recall_k)
@@ -258,37 +232,9 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_sample_data(args: argparse.Namespace) -> int:
-    from finetune.sample_data import generate_sample_data
-
-    info = generate_sample_data(
-        args.domain, args.n, args.out, seed=args.seed, test_fraction=args.test_fraction
-    )
-    print(info)
-    return 0
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    from finetune.demo import run_demo
-
-    run_demo(args.output, search=args.search, progress=args.progress)
-    return 0
-
-
-def _run_base_model(args: argparse.Namespace) -> int:
-    from finetune.demo import build_base_model
-    from finetune.models import BASE_MODEL_DIR
-
-    print(build_base_model(args.output or BASE_MODEL_DIR))
-    return 0
-
-
 COMPARE_OWN = ("model", "train_data", "eval_data", "output", "resume", "split", "eval_split")
 COMMANDS = {
     "fit": _run_fit,
     "eval": _run_eval,
     "compare": _run_compare,
-    "sample-data": _run_sample_data,
-    "demo": _run_demo,
-    "base-model": _run_base_model,
 }

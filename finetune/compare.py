@@ -18,9 +18,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from finetune import atomic
+from finetune.artifact import load_model
 from finetune.data import detect_format, load_pairs
 from finetune.evaluate import evaluate_bundle
-from finetune.models import create_clip, resolve_device
+from finetune.models import resolve_device
 from finetune.report import make_row, write_report
 from finetune.train import FitConfig, fit
 
@@ -117,7 +119,7 @@ def split_by_image(
     paths = out_dir / "captions_train.txt", out_dir / "captions_test.txt"
     for path, keep in zip(paths, (False, True), strict=True):
         chosen = [row for row in rows if (row.split(",", 1)[0] in test_set) == keep]
-        path.write_text("\n".join([header, *chosen]) + "\n", encoding="utf-8")
+        atomic.write_text(path, "\n".join([header, *chosen]) + "\n")
     return paths
 
 
@@ -148,7 +150,7 @@ def compare_one(
     test = load_pairs(dataset.test, split=dataset.test_split, **data_options)
 
     def score(model_spec: str) -> dict[str, Any]:
-        bundle = create_clip(model_spec, device=resolve_device(fit_config.device))
+        bundle = load_model(model_spec, device=resolve_device(fit_config.device))
         return evaluate_bundle(bundle, test, recall_k, progress=fit_config.progress)
 
     log.info(

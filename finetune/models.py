@@ -2,7 +2,7 @@
 
 Configuration is data: architectures are open_clip JSON model configs (the project registers
 its own small ones from `finetune/model_configs/`), weights come from an open_clip pretrained
-tag (needs internet once), a local checkpoint file, or a run folder written by `finetune fit`.
+tag (needs internet once) or a local checkpoint file; run folders are `finetune.artifact`'s.
 """
 
 from __future__ import annotations
@@ -25,11 +25,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 PROJECT_MODEL_CONFIGS = Path(__file__).parent / "model_configs"
-# The project's committed base model (a run folder), built by `make base-model`.
-BASE_MODEL_DIR = Path(__file__).parent / "assets" / "base-model"
-RUN_CONFIG = "config.json"
-TEXT_TOWER = "clip-text"
-VISION_TOWER = "clip-vision"
 
 open_clip.add_model_config(PROJECT_MODEL_CONFIGS)
 
@@ -71,29 +66,11 @@ class CLIPBundle:
         return str(ModelSpec(self.model_name, self.pretrained))
 
 
-def is_run_dir(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return (p / RUN_CONFIG).is_file() and (p / TEXT_TOWER).is_dir() and (p / VISION_TOWER).is_dir()
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """`auto` -> the first CUDA GPU when there is one, else the CPU; anything else as given."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def write_json(path: str | os.PathLike, obj: dict[str, Any]) -> None:
-    """Write JSON atomically (temp file + rename): a reader never sees half a config."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
 
 
 def ensure_registered(model_name: str, model_cfg: dict[str, Any]) -> None:
@@ -134,22 +111,13 @@ def build_model(model_cfg: dict[str, Any]) -> nn.Module:
     return cls(**cfg)
 
 
-def create_clip(spec: str | os.PathLike, device: str | torch.device = "cpu") -> CLIPBundle:
-    """Build a full CLIP from a spec, a run folder, or `NAME#RUN_FOLDER` / `NAME#CHECKPOINT`.
+def create_clip(spec: str, device: str | torch.device = "cpu") -> CLIPBundle:
+    """Build a full CLIP from `NAME[#PRETRAINED]`: an open_clip tag or a local checkpoint file.
 
-    Downloading a pretrained tag needs internet (once, then open_clip's cache); nothing else does.
+    Downloading a pretrained tag needs internet (once, then open_clip's cache); nothing else
+    does. Run folders are loaded by `finetune.artifact.load_model`.
     """
-    spec_str = os.fspath(spec)
-    if is_run_dir(spec_str):
-        return load_run(spec_str, device=device)
-    parsed = ModelSpec.parse(spec_str)
-    if parsed.pretrained and is_run_dir(parsed.pretrained):
-        bundle = load_run(parsed.pretrained, device=device)
-        if bundle.model_name != parsed.name:
-            raise ValueError(
-                f"run folder {parsed.pretrained} holds a {bundle.model_name}, not a {parsed.name}"
-            )
-        return bundle
+    parsed = ModelSpec.parse(spec)
     if parsed.pretrained and not (
         os.path.isfile(parsed.pretrained)
         or open_clip.get_pretrained_cfg(parsed.name, parsed.pretrained)
@@ -176,46 +144,6 @@ def create_clip(spec: str | os.PathLike, device: str | torch.device = "cpu") -> 
         preprocess_cfg=_jsonable(preprocess_cfg),
         tokenizer=tokenizer_for(parsed.name, model_cfg),
     )
-
-
-def load_run(run_dir: str | os.PathLike, device: str | torch.device = "cpu") -> CLIPBundle:
-    """Rebuild the full CLIP saved by `finetune fit` from its two tower folders."""
-    run_dir = Path(run_dir)
-    cfg = read_json(run_dir / RUN_CONFIG)
-    model_cfg = cfg["model_cfg"]
-    ensure_registered(cfg["model_name"], model_cfg)
-    model = build_model(model_cfg)
-    load_towers_into(model, run_dir)
-    with torch.no_grad():
-        model.logit_scale.fill_(cfg["logit_scale"])
-        if getattr(model, "logit_bias", None) is not None:
-            model.logit_bias.fill_(cfg["logit_bias"])
-    model.to(device)
-    open_clip.set_model_preprocess_cfg(model, cfg["preprocess_cfg"])
-    return CLIPBundle(
-        model=model,
-        model_name=cfg["model_name"],
-        pretrained=os.fspath(run_dir),
-        model_cfg=model_cfg,
-        preprocess_cfg=cfg["preprocess_cfg"],
-        tokenizer=tokenizer_for(cfg["model_name"], model_cfg),
-    )
-
-
-def load_towers_into(model: nn.Module, run_dir: str | os.PathLike) -> None:
-    """Load a run folder's text and vision tower weights into a full CLIP (not the temperature)."""
-    from finetune.towers import read_tower_state  # towers imports this module
-
-    prefix = "text." if hasattr(model, "text") else ""
-    state = {f"{prefix}{k}": v for k, v in read_tower_state(Path(run_dir) / TEXT_TOWER).items()}
-    state.update(
-        {f"visual.{k}": v for k, v in read_tower_state(Path(run_dir) / VISION_TOWER).items()}
-    )
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or not set(missing) <= {"logit_scale", "logit_bias"}:
-        raise ValueError(
-            f"{run_dir}: tower weights do not fit the model ({missing=}, {unexpected=})"
-        )
 
 
 def _jsonable(obj: Any) -> Any:

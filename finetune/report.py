@@ -5,11 +5,12 @@ Pure functions over result rows; they know nothing of models or training.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from finetune import atomic
 
 COLUMNS = (
     "model",
@@ -82,7 +83,8 @@ def plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     ax.set_title("Zero-shot vs fine-tuned CLIP retrieval")
     ax.legend(fontsize=7, loc="upper left", ncols=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -93,7 +95,7 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
-    paths["md"].write_text(to_markdown(rows))
-    paths["json"].write_text(json.dumps({"rows": list(rows), **(extra or {})}, indent=2))
+    atomic.write_text(paths["md"], to_markdown(rows))
+    atomic.write_json(paths["json"], {"rows": list(rows), **(extra or {})})
     plot(rows, paths["png"])
     return paths

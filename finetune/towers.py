@@ -1,9 +1,8 @@
 """Text and vision towers that each load alone.
 
-A tower folder holds `config.json` (architecture, preprocessing, tokenizer facts) and
-`model.safetensors` with that tower's weights only, so a text encoder service never reads the
-vision weights and vice versa. Embeddings are L2-normalised float32, equal to what the full
-CLIP's `encode_text` / `encode_image(normalize=True)` give.
+A tower is built from its own folder (`finetune.artifact`) and never reads the other tower's
+weights. Embeddings are L2-normalised float32, equal to what the full CLIP's `encode_text` /
+`encode_image(normalize=True)` give.
 """
 
 from __future__ import annotations
@@ -14,79 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import _build_text_tower, _build_vision_tower, get_cast_dtype
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from finetune.models import (
+from finetune.artifact import (
     TEXT_TOWER,
+    TOWER_NAMES,
     VISION_TOWER,
-    CLIPBundle,
-    create_clip,
-    ensure_registered,
+    context_length,
     is_run_dir,
-    read_json,
-    tokenizer_for,
-    write_json,
+    is_tower_dir,
+    load_model,
+    read_tower_config,
+    read_tower_state,
 )
-
-TOWER_FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-TOWER_NAMES = (TEXT_TOWER, VISION_TOWER)
-
-
-def split_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(text tower state, vision tower state) of a CLIP, with keys as the lone towers name them."""
-    text, vision = {}, {}
-    for key, value in model.state_dict().items():
-        if key.startswith("visual."):
-            vision[key[len("visual.") :]] = value
-        elif key in ("logit_scale", "logit_bias"):
-            continue
-        else:
-            text[key[len("text.") :] if key.startswith("text.") else key] = value
-    return text, vision
-
-
-def save_towers(bundle: CLIPBundle, out_dir: str | os.PathLike, dtype: torch.dtype | None = None):
-    """Write `out_dir/clip-text/` and `out_dir/clip-vision/`; returns their paths."""
-    text_state, vision_state = split_state_dict(bundle.model)
-    common = {
-        "format_version": TOWER_FORMAT_VERSION,
-        "model_name": bundle.model_name,
-        "pretrained": bundle.pretrained,
-        "model_cfg": bundle.model_cfg,
-        "embed_dim": bundle.model_cfg["embed_dim"],
-    }
-    paths = {}
-    for name, state, extra in (
-        (TEXT_TOWER, text_state, {"context_length": _context_length(bundle.model_cfg)}),
-        (VISION_TOWER, vision_state, {"preprocess_cfg": bundle.preprocess_cfg}),
-    ):
-        folder = Path(out_dir) / name
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
-            .detach()
-            .cpu()
-            .contiguous()
-            for k, v in state.items()
-        }
-        _atomic_save(tensors, folder / WEIGHTS_FILE)
-        write_json(folder / "config.json", {"tower": name, **common, **extra})
-        paths[name] = folder
-    return paths
-
-
-def read_tower_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """The tower's weights as float32 tensors (towers may be stored in fp16 to save space)."""
-    state = load_file(os.fspath(Path(folder) / WEIGHTS_FILE))
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+from finetune.images import load_image
+from finetune.models import CLIPBundle, tokenizer_for
 
 
 class Tower(nn.Module):
@@ -132,7 +78,7 @@ class TextTower(Tower):
     def __init__(self, module, embed_dim, config, tokenizer: Callable):
         super().__init__(module, embed_dim, config)
         self.tokenizer = tokenizer
-        self.context_length = config.get("context_length") or _context_length(config["model_cfg"])
+        self.context_length = config.get("context_length") or context_length(config["model_cfg"])
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         # open_clip's tokenizers truncate to the context length (keeping the end-of-text token)
@@ -149,8 +95,6 @@ class VisionTower(Tower):
         )
 
     def prepare(self, images: Sequence[Image.Image | str | os.PathLike]) -> torch.Tensor:
-        from finetune.images import load_image  # images imports nothing of ours; lazy for speed
-
         return torch.stack(
             [
                 self.preprocess(img if isinstance(img, Image.Image) else load_image(img))
@@ -171,14 +115,14 @@ def load_tower(
     source_path = Path(os.fspath(source))
     if is_run_dir(source_path):
         source_path = source_path / tower
-    if (source_path / WEIGHTS_FILE).is_file():
+    if is_tower_dir(source_path):
         return _load_tower_folder(source_path, tower, device)
     if source_path.exists():
         raise FileNotFoundError(
             f"{source_path} is neither a run folder (config.json, clip-text/, clip-vision/) nor a "
-            f"tower folder (config.json, {WEIGHTS_FILE})"
+            f"tower folder (config.json, model.safetensors)"
         )
-    return tower_from_bundle(create_clip(os.fspath(source), device=device), tower)
+    return tower_from_bundle(load_model(os.fspath(source), device=device), tower)
 
 
 def tower_from_bundle(bundle: CLIPBundle, tower: str) -> TextTower | VisionTower:
@@ -190,7 +134,7 @@ def tower_from_bundle(bundle: CLIPBundle, tower: str) -> TextTower | VisionTower
         "model_name": bundle.model_name,
         "model_cfg": bundle.model_cfg,
         "preprocess_cfg": bundle.preprocess_cfg,
-        "context_length": _context_length(bundle.model_cfg),
+        "context_length": context_length(bundle.model_cfg),
     }
     if tower == VISION_TOWER:
         return VisionTower(model.visual, embed_dim, config)
@@ -212,9 +156,7 @@ class _FullModelText(nn.Module):
 
 
 def _load_tower_folder(folder: Path, tower: str, device) -> TextTower | VisionTower:
-    config = read_json(folder / "config.json")
-    if config.get("tower") != tower:
-        raise ValueError(f"{folder} holds the {config.get('tower')} tower, not {tower}")
+    config = read_tower_config(folder, tower)
     model_cfg = config["model_cfg"]
     embed_dim = model_cfg["embed_dim"]
     quick_gelu = bool(model_cfg.get("quick_gelu", False))
@@ -226,18 +168,5 @@ def _load_tower_folder(folder: Path, tower: str, device) -> TextTower | VisionTo
     module.load_state_dict(read_tower_state(folder), strict=True)
     module.eval().to(device)
     if tower == TEXT_TOWER:
-        ensure_registered(config["model_name"], model_cfg)
         return TextTower(module, embed_dim, config, tokenizer_for(config["model_name"], model_cfg))
     return VisionTower(module, embed_dim, config)
-
-
-def _context_length(model_cfg: dict[str, Any]) -> int:
-    return int(
-        model_cfg["text_cfg"].get("context_length", open_clip.tokenizer.DEFAULT_CONTEXT_LENGTH)
-    )
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, os.fspath(tmp))
-    os.replace(tmp, path)

@@ -19,7 +19,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
@@ -28,11 +28,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from finetune.data import PairDataset, PairSet, detect_format, load_pairs
+from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
+from finetune.atomic import atomic_path, write_json
+from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
 from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_bundle
-from finetune.loss import create_loss
-from finetune.models import RUN_CONFIG, CLIPBundle, create_clip, load_towers_into, write_json
-from finetune.towers import save_towers
+from finetune.loss import LOSSES, create_loss
+from finetune.models import CLIPBundle
 
 log = logging.getLogger("finetune")
 
@@ -54,14 +55,14 @@ class FitConfig:
     batch_size: int = 32
     learning_rate: float = 1e-6
     loss: str = "CLIPLoss"
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     grad_accum_steps: int = 1
     grad_clip_norm: float | None = None
-    precision: str = "fp32"
-    device: str = "auto"
+    precision: Literal["fp32", "amp", "bf16"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     workers: int | None = None
     seed: int = 0
     augment: bool = False
@@ -87,18 +88,19 @@ class FitConfig:
     csv_separator: str | None = None
     max_bad_fraction: float = 0.05
     max_pairs: int | None = None
-    save_dtype: str = "float32"
+    save_dtype: Literal["float32", "float16"] = "float32"
     progress: bool = True
 
+    @classmethod
+    def choices(cls) -> dict[str, tuple[str, ...]]:
+        """The allowed values of each field that has a fixed set: its `Literal`, or the
+        registry it names (data formats, losses)."""
+        hints = get_type_hints(cls)
+        out = {name: get_args(t) for name, t in hints.items() if get_origin(t) is Literal}
+        return {**out, "format": ("auto", *FORMATS), "loss": tuple(LOSSES)}
+
     def validate(self) -> None:
-        choices = {
-            "optimizer": ("adam", "adamw"),
-            "schedule": ("constant", "cosine"),
-            "precision": ("fp32", "amp", "bf16"),
-            "device": ("auto", "cpu", "cuda"),
-            "save_dtype": ("float32", "float16"),
-        }
-        for name, allowed in choices.items():
+        for name, allowed in self.choices().items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.train_data:
@@ -287,7 +289,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     seed_everything(cfg.seed)
 
     # --- model, data, optimiser ------------------------------------------------------------
-    bundle = create_clip(cfg.model, device=env.device)
+    bundle = load_model(cfg.model, device=env.device)
     model = bundle.model
     initial_state = copy.deepcopy(model.state_dict()) if cfg.wise_ft is not None else None
     lock_towers(model, cfg)
@@ -545,20 +547,17 @@ def _dtype(name: str) -> torch.dtype:
 
 
 def _save_checkpoint(path, model, optimizer, scaler, epoch, step, best, patience_left) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "best": best,
-            "patience_left": patience_left,
-        },
-        tmp,
-    )
-    os.replace(tmp, path)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "best": best,
+        "patience_left": patience_left,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_checkpoint(path: Path, model, optimizer, scaler):

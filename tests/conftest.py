@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory):
     """24 generated images of the generic sample domain, 5 captions each, train/test split."""
-    from finetune.sample_data import generate_sample_data
+    from demo.sample_data import generate_sample_data
 
     return generate_sample_data(
         "generic", 24, tmp_path_factory.mktemp("sample"), seed=3, progress=False

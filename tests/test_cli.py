@@ -8,8 +8,10 @@ import sys
 
 import pytest
 
+from demo import BASE_MODEL_DIR
+from demo.cli import build_parser as demo_parser
 from finetune.cli import build_parser, main
-from finetune.models import BASE_MODEL_DIR
+from finetune.train import FitConfig
 
 
 def _run(*args, **kw):
@@ -20,7 +22,7 @@ def _run(*args, **kw):
 
 def test_help_lists_commands_and_fit_flags_match_the_api():
     help_text = build_parser().format_help()
-    for command in ("fit", "eval", "compare", "sample-data", "demo", "base-model"):
+    for command in ("fit", "eval", "compare"):
         assert command in help_text
     fit_help = _run("fit", "--help").stdout
     for flag in (
@@ -100,6 +102,29 @@ def test_a_newcomer_trains_on_a_csv_of_their_own_pairs(sample_dir, tmp_path):
         assert (out / tower / "model.safetensors").is_file()
         assert (out / tower / "config.json").is_file()
     assert len((out / "metrics.jsonl").read_text().splitlines()) == -(-len(rows) // 16)
+
+
+def test_fit_flags_take_their_types_defaults_and_choices_from_fit_config():
+    parser = build_parser()
+    args = parser.parse_args(["fit", "--train-data", "p.csv", "--recall-k", "1", "3"])
+    config = FitConfig(**{k: v for k, v in vars(args).items() if k in FitConfig.__annotations__})
+    assert config.recall_k == [1, 3] and config.optimizer == "adam" and config.epochs == 5
+    assert parser.parse_args(["fit", "--train-data", "p", "--wise-ft", "0.5"]).wise_ft == 0.5
+    assert parser.parse_args(["fit", "--train-data", "p", "--max-steps", "7"]).max_steps == 7
+    for name, allowed in FitConfig.choices().items():
+        flag = "--" + name.replace("_", "-")
+        assert parser.parse_args(["fit", "--train-data", "p", flag, allowed[-1]])
+        with pytest.raises(SystemExit):  # argparse refuses a value outside the choices
+            parser.parse_args(["fit", "--train-data", "p", flag, "no-such-choice"])
+    assert set(FitConfig.choices()) >= {"optimizer", "precision", "format", "loss", "save_dtype"}
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        FitConfig(train_data="p", optimizer="sgd").validate()
+
+
+def test_the_demo_has_its_own_command_outside_the_product():
+    help_text = demo_parser().format_help()
+    for command in ("run", "base-model", "sample-data"):
+        assert command in help_text
 
 
 def test_bad_input_exits_2_with_a_message_not_a_traceback(tmp_path, capsys):

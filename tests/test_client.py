@@ -16,8 +16,8 @@ from PIL import Image
 from test_flow import flow_env
 
 from client.cli import main
-from client.served_flow import REPO, ServedFlow, free_port
-from finetune.models import BASE_MODEL_DIR
+from demo import BASE_MODEL_DIR, REPO
+from demo.served_flow import ServedFlow, free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -18,27 +18,17 @@ import torch
 from docarray import DocList
 from PIL import Image
 
-from executors.common import (
-    ImagePolicy,
-    is_unset,
-    minibatches,
-    path_list,
-    resolve_device,
-    resolve_dtype,
-    setting,
-    torch_threads,
-)
-from executors.encoders import (
-    EMPTY_TEXT_ERROR,
-    CLIPImageEncoder,
-    CLIPTextEncoder,
-    clip_text,
-)
-from executors.flow_env import apply_flow_env_defaults
-from executors.schemas import SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
+from client.wire import SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
+from demo import BASE_MODEL_DIR
+from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
+from executors.flow_env import apply_flow_env_defaults, is_unset, setting
+from finetune.artifact import read_tower_state
+from finetune.batching import batched
 from finetune.images import ImageError
-from finetune.models import BASE_MODEL_DIR
-from finetune.towers import load_tower, read_tower_state
+from finetune.models import resolve_device
+from finetune.towers import load_tower
+from search.encoders import EMPTY_TEXT_ERROR, clip_text, resolve_dtype, torch_threads
+from search.images import ImagePolicy, path_list
 
 RUN = BASE_MODEL_DIR
 
@@ -133,7 +123,7 @@ def test_image_embeddings_equal_the_towers_own_for_every_source(image_encoder, r
 
 
 def test_each_encoder_loads_only_its_tower(text_encoder, image_encoder):
-    text, vision = text_encoder.tower.module, image_encoder.tower.module
+    text, vision = text_encoder.encoder.tower.module, image_encoder.encoder.tower.module
     # exactly the weights of the tower's own file, nothing of the other tower
     assert text.state_dict().keys() == read_tower_state(RUN / "clip-text").keys()
     assert vision.state_dict().keys() == read_tower_state(RUN / "clip-vision").keys()
@@ -229,12 +219,13 @@ def test_empty_queries_are_errors_and_good_ones_go_through(text_encoder):
 
 
 def test_over_long_query_is_truncated_and_still_embedded(text_encoder):
-    context = text_encoder.tower.context_length
+    context = text_encoder.encoder.tower.context_length
     long = " ".join(f"word{i}" for i in range(20 * context))
-    assert len(text_encoder.tower.tokenizer([long])[0]) == context  # the tokenizer truncates
+    tower = text_encoder.encoder.tower
+    assert len(tower.tokenizer([long])[0]) == context  # the tokenizer truncates
     out = run(text_encoder, SearchDoc(text=long), SearchDoc(text=long + " and much more"))
     assert out[0].error is None and out[0].embedding is not None
-    full = text_encoder.tower.encode([long])[0]  # tokenised whole, without our pre-cut
+    full = text_encoder.encoder.tower.encode([long])[0]  # tokenised whole, without our pre-cut
     np.testing.assert_allclose(out[0].embedding, full, atol=1e-5)
     np.testing.assert_allclose(out[0].embedding, out[1].embedding, atol=1e-6)
     huge = "x" * 5_000_000 + " " * 1_000_000 + "y"  # bounded work, not minutes of BPE
@@ -288,7 +279,7 @@ def test_settings_from_the_flow_yaml():
     assert setting(None, "d") == "d" and setting("", "d") == "d" and setting("a", "d") == "a"
     assert not is_unset("$5 bill") and not is_unset(0)
     assert path_list("/a:/b,/c") == ["/a", "/b", "/c"] and path_list(["/a"]) == ["/a"]
-    assert path_list("$IMAGE_ROOTS") == [] and path_list(None) == []
+    assert path_list(setting("$IMAGE_ROOTS", None)) == [] and path_list(None) == []
     env = {"GRPC_PORT": "1"}
     apply_flow_env_defaults(env)
     assert env["GRPC_PORT"] == "1" and env["HTTP_PORT"] == "51001" and env["IMAGE_ROOTS"] == ""
@@ -303,7 +294,7 @@ def test_device_dtype_threads_minibatches():
         resolve_dtype(torch.device("cpu"), "int8")
     assert torch_threads(2, cpu_count=16) == 8 and torch_threads(4, cpu_count=2) == 1
     assert torch_threads(1, cpu_count=3) == 3
-    assert [list(b) for b in minibatches([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]
+    assert list(batched(iter([1, 2, 3, 4, 5]), 2)) == [[1, 2], [3, 4], [5]]
 
 
 def test_clip_text_keeps_the_tokens_the_model_sees():

@@ -25,13 +25,13 @@ import requests
 from docarray import DocList
 from PIL import Image, ImageDraw
 
-from client import served_flow
 from client.api import IndexItem, SearchClient
 from client.grpc_transport import GrpcTransport
-from client.served_flow import FLOW_ENV_VARS, REPO, ServedFlow
-from executors.hnsw_indexer import IMAGE_TO_TEXT_SEARCH, TEXT_TO_IMAGE_SEARCH
-from executors.schemas import SEARCH_IMAGE, SearchDoc, StatusDoc
-from finetune.models import BASE_MODEL_DIR
+from client.wire import SEARCH_IMAGE, SearchDoc, StatusDoc
+from demo import BASE_MODEL_DIR, REPO, served_flow
+from demo.served_flow import ServedFlow
+from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS
+from search.index import IMAGE, TEXT, WRONG_MODALITY
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -232,10 +232,10 @@ def test_bad_documents_beside_good_ones_over_grpc_and_http(flow, shapes):
     assert answers[0]["error"] is None and answers[0]["matches"]
     assert answers[1]["error"] == "text is empty" and not answers[1]["matches"]
     # text search passes only the text encoder: images are sent on, not read
-    assert answers[2]["error"] == answers[3]["error"] == IMAGE_TO_TEXT_SEARCH
+    assert answers[2]["error"] == answers[3]["error"] == WRONG_MODALITY[TEXT]
     assert answers[4]["error"] == "document has neither text nor image"
     answers = http_post(flow.http, SEARCH_IMAGE, sent, limit=2)
-    assert answers[0]["error"] == TEXT_TO_IMAGE_SEARCH
+    assert answers[0]["error"] == WRONG_MODALITY[IMAGE]
     assert "outside the allowed image roots" in answers[2]["error"]
     assert answers[3]["error"] is None  # an image query sent as a data: URI (JSON has no bytes)
     assert answers[3]["matches"][0]["id"] in ("red_square.png", "extra-good")
@@ -317,13 +317,13 @@ def test_sharded_replicated_flow_answers_like_the_plain_one(trained_run, shapes,
         assert [d.error for d in index_shapes(scaled.grpc, shapes)] == [None] * 16
         info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])[0].info
         assert info["count"] == 16 and len(info["shards"]) == 2
-        per_shard = {s["path"]: s["count"] for s in info["shards"]}
+        per_shard = {s["shard_id"]: s["count"] for s in info["shards"]}
         # Re-indexing the same images replaces them on their owner shard, however they are
         # batched: no second copy (with `/index` polled ANY, a batch went to any one shard).
         for request_size in (16, 3):
             assert [d.error for d in index_shapes(scaled.grpc, shapes, request_size)] == [None] * 16
             info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])
-            counts = {s["path"]: s["count"] for s in info[0].info["shards"]}
+            counts = {s["shard_id"]: s["count"] for s in info[0].info["shards"]}
             assert info[0].info["count"] == 16 and counts == per_shard
         everything = grpc_search(scaled.grpc, ["a red square"], 100)[0].matches
         assert sorted(m.id for m in everything) == sorted(captions(shapes))
@@ -369,7 +369,7 @@ def test_flow_yml_defaults_apply_when_nothing_is_set():
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()[-2:]
     for line, replicas in zip(lines, (1, 2), strict=True):
-        assert line.startswith(f"[51000, 51001] 0.0.0.0 {REPO / 'workspace'} {replicas} "), line
+        assert line.startswith(f"[51000, 51001] 127.0.0.1 {REPO / 'workspace'} {replicas} "), line
         # unset variables reach the encoders as `$VAR`: they fall back to the same defaults
         assert "'tower': 'runs/demo/clip-vision'" in line or "'$VISION_TOWER'" in line, line
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from finetune.sample_data import (
+from demo.sample_data import (
     CAPTIONS_HEADER,
     DOMAIN_SPECS,
     DOMAINS,

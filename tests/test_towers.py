@@ -10,14 +10,15 @@ import torch
 from docarray import DocList
 
 import finetune
-from executors.schemas import SearchDoc
+from client.wire import SearchDoc
+from finetune.artifact import load_model, save_towers
 from finetune.images import load_image
 from finetune.models import ModelSpec, create_clip
-from finetune.towers import load_tower, save_towers
+from finetune.towers import load_tower
 
 
 def _full_model_embeddings(run_dir, texts, image_paths):
-    bundle = create_clip(str(run_dir))
+    bundle = load_model(str(run_dir))
     bundle.model.eval()
     with torch.no_grad():
         t = bundle.model.encode_text(bundle.tokenizer(texts), normalize=True).numpy()
@@ -101,7 +102,7 @@ def test_model_spec_parsing():
 
 
 def test_a_run_folder_is_a_pretrained_source(tiny_run):
-    bundle = create_clip(f"ViT-Tiny-8#{tiny_run.output}")
+    bundle = load_model(f"ViT-Tiny-8#{tiny_run.output}")
     assert bundle.model_name == "ViT-Tiny-8"
     with pytest.raises(ValueError, match="holds a ViT-Tiny-8, not a RN50"):
-        create_clip(f"RN50#{tiny_run.output}")
+        load_model(f"RN50#{tiny_run.output}")

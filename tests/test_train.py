@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from finetune import fit
+from finetune.artifact import split_state_dict
 from finetune.models import create_clip
-from finetune.towers import split_state_dict
 
 COMMON = dict(model="ViT-Tiny-8", batch_size=16, workers=0, progress=False)
 

@@ -1,6 +1,6 @@
 """Run `jina flow --uses YML` as a child process group: start, wait until ready, stop or kill.
 
-Used by `make demo`, the tests and the benchmarks. A separate process rather than
+Used by the demo, the tests and the benchmarks. A separate process rather than
 `Flow.start()` inside the caller: jina forks its executors, and forking a process that already
 runs torch threads or gRPC clients can hang or crash the children.
 """
@@ -17,19 +17,10 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
+from demo import REPO
+from executors.flow_env import FLOW_ENV_DEFAULTS
+
 JINA = str(Path(sys.executable).with_name("jina"))
-# The settings flow.yml reads from the environment (defaults in executors/flow_env.py).
-FLOW_ENV_VARS = (
-    "GRPC_PORT",
-    "HTTP_PORT",
-    "HOST",
-    "WORKSPACE",
-    "TEXT_TOWER",
-    "VISION_TOWER",
-    "IMAGE_ROOTS",
-    "TORCH_THREADS",
-)
 
 
 def free_port() -> int:
@@ -78,7 +69,7 @@ class ServedFlow:
 
     def start(self) -> ServedFlow:
         """Start and wait until the gateway answers `/status`; raises RuntimeError if not."""
-        env = {k: v for k, v in os.environ.items() if k not in FLOW_ENV_VARS}
+        env = {k: v for k, v in os.environ.items() if k not in FLOW_ENV_DEFAULTS}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [JINA, "flow", "--uses", self.yml],

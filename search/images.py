@@ -1,15 +1,11 @@
-"""Small helpers the two CLIP encoder executors share (clip-as-service style).
+"""Turning a document into an RGB image safely: `ImagePolicy`.
 
-- where and how to run a tower: `resolve_device`, `resolve_dtype`, `torch_threads`;
-- `minibatches` of documents;
-- `setting`: a Flow YAML value, or its default when the environment variable was not set;
-- `ImagePolicy`: turns a `SearchDoc` into an RGB image safely, from `blob` bytes, an HxWxC
-  uint8 `tensor`, or a `uri`: `data:` URIs always, local files only under `allowed_roots`
-  (symlinks and `..` resolved first, so nothing escapes them), http(s) only with
-  `allow_remote=True` (no server-side request forgery by default); size limits on bytes and
-  pixels. Every refusal is an `ImageError` whose message says what to change.
+Images come from `blob` bytes, an HxWxC uint8 `tensor`, or a `uri`: `data:` URIs always, local
+files only under `allowed_roots` (symlinks and `..` resolved first, so nothing escapes them),
+http(s) only with `allow_remote=True` (no server-side request forgery by default); size limits
+on bytes and pixels. Every refusal is an `ImageError` whose message says what to change.
 
-All image decoding goes through `finetune.images.load_image`, the function training uses, so the
+All decoding goes through `finetune.images.load_image`, the function training uses, so the
 service sees the same pixels the model was trained on.
 """
 
@@ -21,97 +17,34 @@ import math
 import os
 import re
 import stat
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote_to_bytes, urlsplit
 from urllib.request import url2pathname
 
 import numpy as np
-import torch
+import requests
 from PIL import Image
 
 from finetune.images import MAX_IMAGE_PIXELS, ImageError, load_image, to_rgb
-from finetune.models import resolve_device  # noqa: F401  (re-exported: the executors' device setting)
-
-T = TypeVar("T")
 
 # An image file or blob larger than this is refused before it is decoded.
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 REMOTE_TIMEOUT_S = 10.0
 _BYTESIO_REPR = re.compile(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
-# What jina 3.34 leaves in place of `${{ ENV.VAR }}` when VAR is not set: the text `$VAR`
-# (it has no `${VAR:-default}` syntax), or the template itself when substitution was off.
-_PLACEHOLDER = re.compile(r"^\s*\$(\w+|\{\{\s*(?:ENV|env)\.\w+\s*\}\})\s*$")
-
-
-# --- where the tower runs -----------------------------------------------------------------
-
-
-def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    """`auto` -> float16 on a GPU (half the memory, tensor cores), float32 on a CPU (where
-    float16 matmuls are slow or missing); or `float32` / `float16` / `bfloat16` by name."""
-    if dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if dtype not in ("float32", "float16", "bfloat16"):
-        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
-    return getattr(torch, dtype)
-
-
-def torch_threads(replicas: int = 1, cpu_count: int | None = None) -> int:
-    """Intra-op threads for one of `replicas` processes sharing this host's CPUs.
-
-    Each replica is its own process with its own torch thread pool; left alone, every pool
-    takes all cores and N replicas oversubscribe the host N times over.
-    """
-    if cpu_count is None:
-        # the CPUs this process may run on (a container's cpuset), not the host's count
-        has_affinity = hasattr(os, "sched_getaffinity")
-        cpu_count = len(os.sched_getaffinity(0)) if has_affinity else os.cpu_count() or 1
-    return max(1, cpu_count // max(1, int(replicas)))
-
-
-def minibatches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    """Consecutive slices of at most `size` items (bounds the memory one step holds)."""
-    if size < 1:
-        raise ValueError(f"minibatch size must be >= 1, got {size}")
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-# --- settings from the Flow YAML ----------------------------------------------------------
-
-
-def is_unset(value: Any) -> bool:
-    """True for None, an empty string, or an environment placeholder jina left unexpanded."""
-    return value is None or (
-        isinstance(value, str) and (not value.strip() or bool(_PLACEHOLDER.match(value)))
-    )
-
-
-def setting(value: Any, default: Any) -> Any:
-    """`value`, or `default` when it is unset (see `is_unset`).
-
-    jina 3.34 replaces `${{ ENV.VAR }}` with the variable's value and leaves the text `$VAR`
-    when VAR is not set. executors/flow_env.py normally fills the gap before the executors
-    start; this keeps an executor on its default should `$VAR` still reach it.
-    """
-    return default if is_unset(value) else value
 
 
 def path_list(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> list[str]:
     """A list of folders from a list, or from one string separated by `os.pathsep` or commas
     (the form an environment variable such as IMAGE_ROOTS=/data/a:/data/b takes)."""
-    if is_unset(value):
+    if value is None:
         return []
     if isinstance(value, (str, os.PathLike)):
         parts = re.split(rf"[{re.escape(os.pathsep)},]", os.fspath(value))
     else:
         parts = [os.fspath(v) for v in value]
     return [p.strip() for p in parts if p and p.strip()]
-
-
-# --- documents to images ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -263,8 +196,6 @@ class ImagePolicy:
             raise ImageError(f"{shown}: malformed data URI ({e})") from None
 
     def _fetch(self, uri: str, shown: str) -> bytes:
-        import requests  # only needed when remote images are allowed
-
         try:
             with requests.get(uri, stream=True, timeout=self.timeout) as r:
                 r.raise_for_status()

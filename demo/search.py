@@ -13,25 +13,22 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from client.api import SearchClient, images_to_index
+from demo import REPO
+from demo.served_flow import ServedFlow, flow_env
+from finetune.data import load_pairs
+
 
 def search_demo(
     run_dir: Path, data: Any, queries: int = 5, limit: int = 3, progress: bool = True
 ) -> dict[str, Any]:
-    import warnings
-
-    # jina's hub SDK imports the deprecated pkg_resources; nothing for a demo user to act on
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    from client.api import SearchClient, images_to_index
-    from client.served_flow import ServedFlow, flow_env
-    from finetune.data import load_pairs
-
     items = images_to_index(data.test_file)  # ids: image paths relative to the data folder
     id_of = {item.path: item.id for item in items}
     workspace = run_dir / "workspace"
     shutil.rmtree(workspace, ignore_errors=True)  # a fresh index for each demo run
     env = flow_env(run_dir, workspace, data.images_dir)
     print(f"starting the Flow (gRPC :{env['GRPC_PORT']}, HTTP :{env['HTTP_PORT']}) ...", flush=True)
-    with ServedFlow("flow.yml", env, run_dir / "flow.log") as flow:
+    with ServedFlow(str(REPO / "flow.yml"), env, run_dir / "flow.log") as flow:
         bar = tqdm(total=len(items), desc="index (gRPC)", unit="img", disable=not progress)
         with SearchClient(flow.grpc) as grpc:
             outcomes = grpc.index(

@@ -16,10 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from demo import BASE_MODEL_DIR
+from demo.sample_data import generate_sample_data
+from demo.search import search_demo
+from finetune.artifact import RUN_CONFIG, TOWER_NAMES
+from finetune.atomic import read_json, write_json
 from finetune.compare import DatasetSpec, compare_one
-from finetune.models import BASE_MODEL_DIR, RUN_CONFIG, write_json
 from finetune.report import to_markdown, write_report
-from finetune.sample_data import generate_sample_data
 from finetune.train import CHECKPOINT, FitConfig, fit
 
 log = logging.getLogger("finetune")
@@ -77,9 +80,9 @@ def build_base_model(
         )
     )
     output.mkdir(parents=True, exist_ok=True)
-    for tower in ("clip-text", "clip-vision"):
+    for tower in TOWER_NAMES:
         shutil.copytree(run.output / tower, output / tower, dirs_exist_ok=True)
-    config = json.loads((run.output / RUN_CONFIG).read_text())
+    config = read_json(run.output / RUN_CONFIG)
     config["recipe"] = BASE_MODEL_RECIPE
     config["rebuild"] = "make base-model"
     write_json(output / RUN_CONFIG, config)
@@ -112,16 +115,10 @@ def run_demo(
         print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     if search:
         with stage("4/4 serve the towers and search", timings):
-            search_result = _search_demo(output, data, DEMO_RECIPE["search"], progress)
+            search_result = search_demo(output, data, progress=progress, **DEMO_RECIPE["search"])
     else:
         search_result = None
     extra = {"stage_seconds": timings, "search": search_result}
     write_report([row], output, extra=extra)
     print("\nstage wall times (s):", json.dumps(timings))
     return {"row": row, **extra}
-
-
-def _search_demo(output: Path, data: Any, options: dict[str, Any], progress: bool) -> dict:
-    from finetune.search_demo import search_demo  # needs jina; imported only here
-
-    return search_demo(output, data, progress=progress, **options)

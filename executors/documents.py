@@ -1,0 +1,52 @@
+"""Wire documents (docarray, `client.wire`) to the core's `Document`s and back."""
+
+from __future__ import annotations
+
+import numpy as np
+from docarray import DocList
+
+from client.wire import Match as WireMatch
+from client.wire import SearchDoc
+from search.documents import Document, Match
+
+
+def to_core(docs: DocList[SearchDoc]) -> list[Document]:
+    return [
+        Document(
+            id=d.id,
+            text=d.text,
+            uri=d.uri,
+            blob=d.blob,
+            tensor=None if d.tensor is None else np.asarray(d.tensor),
+            embedding=None if d.embedding is None else np.asarray(d.embedding),
+            tags=dict(d.tags or {}),
+            error=d.error,
+            matches=[Match(m.id, m.score, m.uri, m.text, dict(m.tags or {})) for m in d.matches],
+        )
+        for d in docs
+    ]
+
+
+def to_wire(docs: list[Document]) -> DocList[SearchDoc]:
+    return DocList[SearchDoc](
+        [
+            SearchDoc(
+                id=d.id,
+                text=d.text,
+                uri=d.uri,
+                blob=d.blob,
+                tensor=d.tensor,
+                embedding=d.embedding,
+                tags=d.tags,
+                error=d.error,
+                matches=DocList[WireMatch]([wire_match(m) for m in d.matches]),
+            )
+            for d in docs
+        ]
+    )
+
+
+def wire_match(match: Match) -> WireMatch:
+    return WireMatch(
+        id=match.id, score=match.score, uri=match.uri, text=match.text, tags=match.tags
+    )

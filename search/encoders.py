@@ -1,0 +1,207 @@
+"""The two CLIP encoders of the search service, each loading only its own tower.
+
+`TextEncoder` embeds documents that carry `text` and no image; `ImageEncoder` embeds documents
+that carry an image (`blob`, `tensor` or `uri`, whatever their `text`: when indexing, the text
+of an image document is its caption, kept for display). Neither touches a document that
+already has an `embedding` or an `error`, so they can run in either order. A document that
+cannot be embedded gets `error` set and no embedding; it never fails the batch or the good
+documents beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from finetune.artifact import TEXT_TOWER, VISION_TOWER
+from finetune.batching import batched
+from finetune.images import MAX_IMAGE_PIXELS
+from finetune.models import resolve_device
+from finetune.towers import load_tower
+from search.documents import Document
+from search.images import DEFAULT_MAX_BYTES, ImagePolicy, check_resize_cost
+
+log = logging.getLogger(__name__)
+
+EMPTY_TEXT_ERROR = "text is empty"
+DEFAULT_MINIBATCH = 32
+
+
+def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """`auto` -> float16 on a GPU (half the memory, tensor cores), float32 on a CPU (where
+    float16 matmuls are slow or missing); or `float32` / `float16` / `bfloat16` by name."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def torch_threads(replicas: int = 1, cpu_count: int | None = None) -> int:
+    """Intra-op threads for one of `replicas` processes sharing this host's CPUs.
+
+    Each replica is its own process with its own torch thread pool; left alone, every pool
+    takes all cores and N replicas oversubscribe the host N times over.
+    """
+    if cpu_count is None:
+        # the CPUs this process may run on (a container's cpuset), not the host's count
+        has_affinity = hasattr(os, "sched_getaffinity")
+        cpu_count = len(os.sched_getaffinity(0)) if has_affinity else os.cpu_count() or 1
+    return max(1, cpu_count // max(1, int(replicas)))
+
+
+class TowerEncoder:
+    """Loads one tower and embeds the documents a subclass accepts, minibatch by minibatch.
+
+    `num_threads` (CPU only): torch's intra-op threads for this process; None leaves torch's.
+    """
+
+    kind: str
+    env_name: str  # the Flow setting that names this tower, for error messages
+
+    def __init__(
+        self,
+        tower: str | os.PathLike,
+        device: str = "auto",
+        dtype: str = "auto",
+        minibatch_size: int = DEFAULT_MINIBATCH,
+        num_threads: int | None = None,
+    ):
+        self.device = resolve_device(device)
+        if self.device.type == "cpu" and num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.tower_source = os.fspath(tower)
+        check_tower_source(self.tower_source, self.kind, self.env_name)
+        self.tower = load_tower(self.tower_source, self.kind, self.device)
+        self.tower.module.to(resolve_dtype(self.device, dtype))
+        if minibatch_size < 1:
+            raise ValueError(f"minibatch_size must be >= 1, got {minibatch_size}")
+        self.minibatch_size = int(minibatch_size)
+
+    def embed(self, docs: Sequence[Document]) -> int:
+        """Set `embedding` (or `error`) on the documents this encoder is for, in place;
+        returns how many of them failed."""
+        todo = [d for d in docs if d.error is None and d.embedding is None and self.accepts(d)]
+        with torch.inference_mode():
+            for chunk in batched(todo, self.minibatch_size):
+                ready, inputs = [], []
+                for doc in chunk:
+                    try:
+                        inputs.append(self.model_input(doc))
+                        ready.append(doc)
+                    except Exception as e:  # noqa: BLE001 - any bad input is this doc's error
+                        doc.error = error_message(e)
+                self._encode(ready, inputs)
+                for doc in chunk:
+                    self.finish(doc)
+        failed = sum(doc.error is not None for doc in todo)
+        if failed:
+            log.warning("%d of %d documents could not be embedded", failed, len(todo))
+        return failed
+
+    def _encode(self, docs: list[Document], inputs: list[Any]) -> None:
+        if not docs:
+            return
+        try:
+            vectors = self.tower.encode(inputs, batch_size=len(inputs))
+        except Exception as e:  # noqa: BLE001
+            # Something only the model step noticed: retry one by one so it stays that doc's.
+            if len(docs) == 1:
+                log.warning("embedding failed: %r", e)
+                docs[0].error = error_message(e)
+                return
+            for doc, item in zip(docs, inputs, strict=True):
+                self._encode([doc], [item])
+            return
+        for doc, vector in zip(docs, vectors, strict=True):
+            doc.embedding = vector
+
+    # --- what a subclass decides ---------------------------------------------------------
+
+    def accepts(self, doc: Document) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def model_input(self, doc: Document) -> Any:  # pragma: no cover - abstract
+        """What the tower's `encode` takes for this doc; raises with a message if unusable."""
+        raise NotImplementedError
+
+    def finish(self, doc: Document) -> None:
+        """Called for every accepted doc after its minibatch, embedded or not."""
+
+
+class TextEncoder(TowerEncoder):
+    """Embeds documents with `text` and no image, with the text tower only."""
+
+    kind = TEXT_TOWER
+    env_name = "TEXT_TOWER"
+
+    def accepts(self, doc: Document) -> bool:
+        return doc.is_text_query
+
+    def model_input(self, doc: Document) -> str:
+        if not doc.text.strip():
+            raise ValueError(EMPTY_TEXT_ERROR)
+        return clip_text(doc.text, self.tower.context_length)
+
+
+class ImageEncoder(TowerEncoder):
+    """Embeds documents with an image, with the vision tower only, under an `ImagePolicy`
+    (by default: no local files, no remote URLs; see `search.images`)."""
+
+    kind = VISION_TOWER
+    env_name = "VISION_TOWER"
+
+    def __init__(
+        self, tower: str | os.PathLike, policy: ImagePolicy | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(tower, **kwargs)
+        self.policy = policy or ImagePolicy.create(
+            max_bytes=DEFAULT_MAX_BYTES, max_pixels=MAX_IMAGE_PIXELS
+        )
+        size = self.tower.config["preprocess_cfg"]["size"]
+        self.short_side = int(min(size) if isinstance(size, (list, tuple)) else size)
+
+    def accepts(self, doc: Document) -> bool:
+        return doc.has_image
+
+    def model_input(self, doc: Document) -> Any:
+        image = self.policy.load(doc)
+        check_resize_cost(image, self.short_side, self.policy.max_pixels)
+        return image
+
+    def finish(self, doc: Document) -> None:
+        # The pixels have served their purpose; only `uri` travels on (to the index, and back).
+        doc.blob = None
+        doc.tensor = None
+
+
+def clip_text(text: str, context_length: int) -> str:
+    """Text cut to a prefix that still holds its first `context_length` tokens.
+
+    The tokenizer truncates to the context length itself; this only bounds its work on huge
+    inputs (BPE is quadratic in word length). Whitespace runs are collapsed as the tokenizer's
+    own cleaning does, and every word yields at least one token, so `4 * context_length`
+    words keep the tokens the model sees.
+    """
+    words = text.split(maxsplit=4 * context_length)[: 4 * context_length]
+    return " ".join(word[: 16 * context_length] for word in words)
+
+
+def check_tower_source(source: str, kind: str, env_name: str) -> None:
+    """A missing tower folder named as such, rather than as an unknown model architecture."""
+    looks_like_path = "#" not in source and ("/" in source or os.sep in source)
+    if looks_like_path and not os.path.exists(source):
+        raise FileNotFoundError(
+            f"{kind} tower folder {source!r} not found (relative to {os.getcwd()}): point the "
+            f"encoder's `tower` ({env_name} in flow.yml) at a tower or run folder written by "
+            f"`finetune fit` (`make demo` writes runs/demo), or give an open_clip NAME#PRETRAINED"
+        )
+
+
+def error_message(error: Exception) -> str:
+    text = str(error)
+    return text if isinstance(error, ValueError) and text else f"{type(error).__name__}: {text}"

@@ -1,0 +1,206 @@
+"""The index's rules over `HNSWStore`, per document: what is stored, searched, updated, deleted.
+
+Every operation answers per document: a rejected document gets `error` set and the good
+documents beside it go through; documents that arrive with `error` already set (by an
+encoder) are passed through untouched, and one that arrives without an embedding is told why
+(nothing to embed, or an image sent to text search and vice versa). Answers carry no large
+payloads (`blob`, `tensor`, `embedding`).
+
+One `Index` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
+`search.sharding` for how ids are routed.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from search.documents import Document, Match, pending, set_errors
+from search.hnsw_store import HNSWStore, check_vector
+from search.sharding import NOT_OWNER, UNKNOWN_ID, content_id, owner_shard
+
+DEFAULT_LIMIT = 10
+DEFAULT_MAX_LIMIT = 1000
+NO_CONTENT_ERROR = "document has neither text nor image"
+NO_EMBEDDING = "no embedding to search with"
+MISSING_ID = "missing id"
+TEXT, IMAGE = "text", "image"
+# Why a query of the other modality reached a search: where it should have gone instead.
+WRONG_MODALITY = {
+    TEXT: "an image query: send it to /search_by_image",
+    IMAGE: "a text query: send it to /search",
+}
+
+
+class Index:
+    """One shard of the durable cosine index, answering per document."""
+
+    def __init__(
+        self,
+        store: HNSWStore,
+        shard_id: int = 0,
+        shards: int = 1,
+        max_limit: int = DEFAULT_MAX_LIMIT,
+    ) -> None:
+        if not 0 <= shard_id < shards:
+            raise ValueError(f"shard_id must be in 0..{shards - 1}, got {shard_id}")
+        self.store = store
+        self.shard_id, self.shards = int(shard_id), int(shards)
+        self.max_limit = int(max_limit)
+
+    def index(self, docs: list[Document]) -> list[Document]:
+        """Store (or replace) every document that has an embedding and whose id this shard
+        owns. An id-less document gets one: random on one shard, and derived from its content
+        (`content_id`) when sharded, because each shard sees the request and must pick the
+        same."""
+        embedded = []
+        for doc in pending(docs):
+            if doc.embedding is None:
+                doc.error = _not_embedded(doc, "no embedding to index")
+                continue
+            if not doc.id:
+                doc.id = content_id(doc) if self.shards > 1 else uuid.uuid4().hex
+            embedded.append(doc)
+        todo = self._owned(embedded)
+        errors = self.store.upsert(
+            [d.id for d in todo],
+            [d.embedding for d in todo],
+            uri=[d.uri for d in todo],
+            text=[d.text for d in todo],
+            tags=[d.tags for d in todo],
+        )
+        set_errors(todo, errors)
+        return _answer(docs)
+
+    def search(
+        self, docs: list[Document], parameters: dict[str, Any], modality: str = TEXT
+    ) -> list[Document]:
+        """Set `matches` (best first) of every document with an embedding. Parameters:
+        `limit` (default 10, clamped to `max_limit`) and `ef`. `modality` is the endpoint's:
+        a query of the other one is told where to go."""
+        limit, error = search_limit(parameters, self.max_limit)
+        ef, ef_error = (None, None)
+        if parameters.get("ef") is not None:
+            ef, ef_error = positive_int(parameters["ef"], "ef")
+        wrong = (lambda d: d.has_image) if modality == TEXT else (lambda d: d.is_text_query)
+        queries, vectors = [], []
+        for doc in pending(docs):
+            doc.error = error or ef_error
+            if doc.error is None and doc.embedding is None:
+                doc.error = WRONG_MODALITY[modality] if wrong(doc) else _not_embedded(doc)
+            if doc.error is None:
+                vec, doc.error = check_vector(doc.embedding, self.store.dim)
+                if vec is not None:
+                    queries.append(doc)
+                    vectors.append(vec)
+        if queries:
+            try:
+                results = self.store.search(np.stack(vectors), limit=limit, ef=ef)
+            except ValueError as exc:  # the dimension got fixed by an /index running meanwhile
+                results = [[]] * len(queries)
+                set_errors(queries, [str(exc)] * len(queries))
+            for doc, hits in zip(queries, results, strict=True):
+                doc.matches = [Match(*hit) for hit in hits]
+        return _answer(docs)
+
+    def delete(self, docs: list[Document], ids: Iterable[Any] = ()) -> list[Document]:
+        """Delete the documents' ids and `ids`; one document per id comes back, with error
+        `unknown id` for ids that are not in the index.
+
+        Every shard deletes the ids it has, owned or not: normally only the owner has an id,
+        but copies left on another shard (an index filled with another number of shards)
+        go too. `merge_outcome` reports an id deleted when any shard deleted it."""
+        answer = [*docs, *(Document(id=id_text(i)) for i in ids)]
+        todo = self._with_ids(answer)
+        unknown = set(self.store.delete([d.id for d in todo])[1])
+        for doc in todo:
+            if doc.id in unknown:
+                doc.error = UNKNOWN_ID
+        return _answer(answer)
+
+    def update(self, docs: list[Document]) -> list[Document]:
+        """Change stored fields of existing ids that this shard owns: `embedding`, `uri` and
+        `text` when set, `tags` when not empty; unknown ids get error `unknown id`."""
+        todo = self._owned(self._with_ids(docs))
+        errors = self.store.update(
+            [d.id for d in todo],
+            embeddings=[d.embedding for d in todo],
+            uri=[d.uri for d in todo],
+            text=[d.text for d in todo],
+            tags=[d.tags or None for d in todo],
+        )
+        set_errors(todo, errors)
+        return _answer(docs)
+
+    def status(self) -> dict[str, Any]:
+        """The store's counts and parameters, and this shard's place; no filesystem paths
+        (callers need not know where the service keeps its data)."""
+        info = self.store.status()
+        info.pop("path", None)
+        return {**info, "shard_id": self.shard_id, "shards": self.shards}
+
+    def close(self) -> None:
+        self.store.close()
+
+    def _owned(self, docs: Iterable[Document]) -> list[Document]:
+        """The documents whose id this shard owns; the others get error `NOT_OWNER`."""
+        owned = []
+        for doc in docs:
+            if self.shards == 1 or owner_shard(doc.id, self.shards) == self.shard_id:
+                owned.append(doc)
+            else:
+                doc.error = NOT_OWNER
+        return owned
+
+    @staticmethod
+    def _with_ids(docs: list[Document]) -> list[Document]:
+        """The documents to act on: no error yet, and an id (else they get an error)."""
+        todo = []
+        for doc in pending(docs):
+            if doc.id:
+                todo.append(doc)
+            else:
+                doc.error = MISSING_ID
+        return todo
+
+
+def positive_int(value: Any, name: str) -> tuple[int | None, str | None]:
+    """`(n, None)` for an integral number >= 1 (protobuf sends ints as floats, HTTP clients
+    may send strings), else `(None, reason)`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not math.isfinite(number) or number != int(number):
+        return None, f"{name} must be an integer, got {value!r}"
+    if number < 1:
+        return None, f"{name} must be >= 1"
+    return int(number), None
+
+
+def search_limit(parameters: dict[str, Any], max_limit: int) -> tuple[int | None, str | None]:
+    """The `limit` parameter (default 10) clamped to `max_limit`, or an error message."""
+    limit, error = positive_int(parameters.get("limit", DEFAULT_LIMIT), "limit")
+    return (None, error) if error else (min(limit, max_limit), None)
+
+
+def id_text(value: Any) -> str:
+    """An id given as a parameter, as text (protobuf turns the number 7 into 7.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _not_embedded(doc: Document, otherwise: str = NO_EMBEDDING) -> str:
+    """Why a document reached the index without an embedding."""
+    return NO_CONTENT_ERROR if doc.text is None and not doc.has_image else otherwise
+
+
+def _answer(docs: list[Document]) -> list[Document]:
+    for doc in docs:
+        doc.drop_payloads()
+    return docs

@@ -1,0 +1,114 @@
+"""The whole search in one process: encoders and index together, no network, no jina.
+
+    service = SearchService.open("runs/demo", "workspace")
+    service.index([Document(id="a.jpg", uri="a.jpg", text="a red dress")])
+    hits = service.search("a red dress", limit=5)
+
+The jina Flow runs the same steps as separate executors (`executors/`); this runs them in
+turn, for tests, benchmarks and anything else that wants the search without a Flow.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from finetune.artifact import TEXT_TOWER, VISION_TOWER, is_run_dir
+from search.documents import Document, Match
+from search.encoders import ImageEncoder, TextEncoder
+from search.hnsw_store import HNSWStore
+from search.images import ImagePolicy
+from search.index import IMAGE, TEXT, Index
+
+
+class SearchError(ValueError):
+    """A query the service could not answer; the message says why."""
+
+
+class SearchService:
+    """Index, search (by text or image), update, delete and status over `Document`s."""
+
+    def __init__(self, text_encoder: TextEncoder, image_encoder: ImageEncoder, index: Index):
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        self.index_ = index
+
+    @classmethod
+    def open(
+        cls,
+        towers: str | os.PathLike,
+        workspace: str | os.PathLike,
+        policy: ImagePolicy | None = None,
+        **encoder_options: Any,
+    ) -> SearchService:
+        """A service over a run folder's towers (or `NAME[#PRETRAINED]`) and an index stored
+        in `workspace`."""
+        source = Path(towers)
+        text, vision = (
+            (source / TEXT_TOWER, source / VISION_TOWER) if is_run_dir(source) else (towers,) * 2
+        )
+        return cls(
+            TextEncoder(text, **encoder_options),
+            ImageEncoder(vision, policy=policy, **encoder_options),
+            Index(HNSWStore(workspace)),
+        )
+
+    # --- the endpoints, per document -----------------------------------------------------
+
+    def index(self, docs: list[Document]) -> list[Document]:
+        """Embed and store; each document comes back with `error` None when it was stored."""
+        self._embed(docs)
+        return self.index_.index(docs)
+
+    def update(self, docs: list[Document]) -> list[Document]:
+        """Change stored fields of existing ids (re-embedding those that carry content)."""
+        self._embed(docs)
+        return self.index_.update(docs)
+
+    def search_documents(
+        self, docs: list[Document], parameters: dict[str, Any] | None = None, modality=TEXT
+    ) -> list[Document]:
+        """Set `matches` on each query document (text queries, or image queries)."""
+        encoder = self.text_encoder if modality == TEXT else self.image_encoder
+        encoder.embed(docs)
+        return self.index_.search(docs, parameters or {}, modality)
+
+    def delete(self, ids: Iterable[str]) -> list[Document]:
+        return self.index_.delete([], ids)
+
+    def status(self) -> dict[str, Any]:
+        return self.index_.status()
+
+    # --- one query -----------------------------------------------------------------------
+
+    def search(
+        self,
+        text: str | None = None,
+        image: bytes | None = None,
+        limit: int = 10,
+        **parameters: Any,
+    ) -> list[Match]:
+        """The `limit` best matches of a text or an image (bytes); raises `SearchError`."""
+        if (text is None) == (image is None):
+            raise SearchError("search needs a text or an image, not both")
+        doc = Document(text=text) if image is None else Document(blob=image)
+        modality = TEXT if image is None else IMAGE
+        [answer] = self.search_documents([doc], {"limit": limit, **parameters}, modality)
+        if answer.error:
+            raise SearchError(answer.error)
+        return answer.matches
+
+    def close(self) -> None:
+        self.index_.close()
+
+    def __enter__(self) -> SearchService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _embed(self, docs: list[Document]) -> None:
+        self.image_encoder.embed(docs)
+        self.text_encoder.embed(docs)

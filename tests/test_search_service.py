@@ -1,0 +1,146 @@
+"""The search core on its own: a whole index -> search -> update -> delete -> restart cycle in
+one process, with no jina (checked in a fresh interpreter), and the sharding rules."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from demo import BASE_MODEL_DIR, REPO
+from search.documents import Document, Match
+from search.hnsw_store import HNSWStore
+from search.index import Index
+from search.service import SearchError, SearchService
+from search.sharding import (
+    NOT_OWNER,
+    OWNER_DID_NOT_ANSWER,
+    UNKNOWN_ID,
+    merge_matches,
+    merge_outcome,
+    merge_status,
+    owner_shard,
+)
+
+
+def png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 32)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+
+
+@pytest.fixture
+def service(tmp_path):
+    with SearchService.open(BASE_MODEL_DIR, tmp_path / "ws", num_threads=1) as s:
+        yield s
+
+
+def test_index_search_update_delete_and_restart(service, tmp_path):
+    docs = [
+        Document(id=name, blob=png(rgb), text=f"a {name} square", tags={"colour": name})
+        for name, rgb in COLOURS.items()
+    ]
+    bad = Document(id="bad", blob=b"not an image")
+    answer = service.index([*docs, bad])
+    assert [d.error for d in answer[:3]] == [None, None, None]
+    assert "cannot decode image" in answer[3].error
+    assert all(d.blob is None and d.embedding is None for d in answer)  # answers stay small
+    assert service.status()["count"] == 3
+
+    # an image query finds its own image first, with its stored fields
+    [best, *_] = service.search(image=png(COLOURS["green"]), limit=3)
+    assert isinstance(best, Match) and best.id == "green" and best.score > 0.99
+    assert best.text == "a green square" and best.tags == {"colour": "green"}
+    assert len(service.search(text="a red square", limit=2)) == 2
+
+    # update: new tags only, so the stored vector and caption are kept
+    [updated] = service.update([Document(id="red", tags={"colour": "crimson"})])
+    assert updated.error is None
+    hits = {h.id: h for h in service.search(image=png(COLOURS["red"]), limit=3)}
+    assert hits["red"].tags == {"colour": "crimson"} and hits["red"].text == "a red square"
+    assert hits["red"].score > 0.99
+    # an update that carries content is embedded again (as /update through the Flow is)
+    [updated] = service.update([Document(id="red", blob=png(COLOURS["blue"]))])
+    assert updated.error is None
+    assert service.search(image=png(COLOURS["blue"]), limit=1)[0].id in ("red", "blue")
+
+    deleted = service.delete(["blue", "nope"])
+    assert [(d.id, d.error) for d in deleted] == [("blue", None), ("nope", UNKNOWN_ID)]
+    service.close()
+
+    with SearchService.open(BASE_MODEL_DIR, tmp_path / "ws", num_threads=1) as again:
+        assert again.status()["count"] == 2
+        assert {h.id for h in again.search(text="a square", limit=10)} == {"red", "green"}
+
+
+def test_query_errors_are_search_errors(service):
+    with pytest.raises(SearchError, match="not both"):
+        service.search(text="a", image=png((1, 2, 3)))
+    service.index([Document(id="x", blob=png((1, 2, 3)))])
+    with pytest.raises(SearchError, match="text is empty"):
+        service.search(text="   ")
+    with pytest.raises(SearchError, match="limit must be an integer"):
+        service.search(text="a", limit=float("nan"))
+    with pytest.raises(SearchError, match="cannot decode image"):
+        service.search(image=b"junk")
+
+
+def test_the_core_runs_without_jina_or_docarray(tmp_path):
+    code = textwrap.dedent(
+        f"""
+        import io, sys
+        from PIL import Image
+        from search.documents import Document
+        from search.service import SearchService
+        buf = io.BytesIO(); Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "PNG")
+        with SearchService.open({str(BASE_MODEL_DIR)!r}, {str(tmp_path)!r}, num_threads=1) as s:
+            assert s.index([Document(id="a", blob=buf.getvalue())])[0].error is None
+            assert s.search(text="a red square")[0].id == "a"
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("jina", "docarray"))
+        print("loaded:", loaded)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert "loaded: []" in out.stdout
+
+
+def test_shards_store_only_their_own_ids_and_answers_merge(tmp_path):
+    rng = np.random.default_rng(0)
+    shards = [Index(HNSWStore(tmp_path / str(i)), shard_id=i, shards=2) for i in range(2)]
+    ids = [f"d{i}" for i in range(12)]
+    vectors = rng.normal(size=(12, 8)).astype(np.float32)
+    answers = [
+        shard.index([Document(id=i, embedding=v) for i, v in zip(ids, vectors, strict=True)])
+        for shard in shards
+    ]
+    for k, answer in enumerate(answers):
+        for doc in answer:
+            assert doc.error == (None if owner_shard(doc.id, 2) == k else NOT_OWNER)
+    merged = [merge_outcome(pair)[1] for pair in zip(*answers, strict=True)]
+    assert merged == [None] * 12
+    # a document whose owner did not answer is said so, not taken as stored
+    lone = [a for a in answers[0] if a.error == NOT_OWNER][:1]
+    assert merge_outcome(lone)[1] == OWNER_DID_NOT_ANSWER
+
+    queries = [shard.search([Document(embedding=vectors[3])], {"limit": 4}) for shard in shards]
+    matches, error = merge_matches([q[0] for q in queries], limit=4)
+    assert error is None and matches[0].id == "d3" and len(matches) == 4
+    scores = [m.score for m in matches]
+    assert scores == sorted(scores, reverse=True)
+
+    status = merge_status([shard.status() for shard in shards])
+    assert status["count"] == 12 and len(status["shards"]) == 2
+    assert "path" not in str(status)
+    for shard in shards:
+        shard.close()
