@@ -26,11 +26,21 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import requests
 from docarray import DocList
 
 from client.grpc_transport import GatewayError, GrpcTransport
-from client.wire import DELETE, INDEX, SEARCH_IMAGE, SEARCH_TEXT, STATUS, SearchDoc, StatusDoc
+from client.wire import (
+    DELETE,
+    GET,
+    INDEX,
+    SEARCH_IMAGE,
+    SEARCH_TEXT,
+    STATUS,
+    SearchDoc,
+    StatusDoc,
+)
 from finetune.batching import batched
 from finetune.data import load_pairs
 from finetune.images import is_image_path
@@ -55,6 +65,7 @@ class Hit:
     uri: str | None = None
     text: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    thumbnail: str | None = None  # a data: URI, when asked for
 
 
 @dataclass
@@ -166,22 +177,49 @@ class SearchClient:
         self,
         text: str | None = None,
         image: str | os.PathLike | bytes | None = None,
+        like: str | None = None,
         limit: int = 10,
+        filter: dict[str, Any] | None = None,
+        thumbnails: bool = False,
     ) -> list[Hit]:
-        """The `limit` best matches of a text or an image (a file path or bytes)."""
-        if (text is None) == (image is None):
-            raise ValueError("search needs a text or an image, not both")
+        """The `limit` best matches of a text, an image (a file path or bytes), or the indexed
+        document `like` ("more like this": its stored embedding, itself left out).
+
+        `filter` narrows the results by tags (see the README's filter language);
+        `thumbnails` returns each hit's thumbnail as a data: URI.
+        """
+        if sum(q is not None for q in (text, image, like)) != 1:
+            raise ValueError("search needs one of: a text, an image, or an id to match (like)")
+        parameters: dict[str, Any] = {"limit": int(limit) + (like is not None)}
+        if filter:
+            parameters["filter"] = filter
+        if thumbnails:
+            parameters["thumbnails"] = True
         endpoint, doc = SEARCH_TEXT, {"text": text}
         if image is not None:
             data = image if isinstance(image, bytes) else Path(image).read_bytes()
             endpoint, doc = SEARCH_IMAGE, {"blob": data}
-        [answer] = self.post(endpoint, [doc], {"limit": int(limit)})
+        elif like is not None:
+            [stored] = self.post(GET, [{"id": like}])
+            if stored.get("error"):
+                raise ClientError(f"{like}: {stored['error']}")
+            doc = {"embedding": stored["embedding"]}
+        [answer] = self.post(endpoint, [doc], parameters)
         if answer.get("error"):
             raise ClientError(f"search failed: {answer['error']}")
-        return [
-            Hit(m["id"], float(m["score"]), m.get("uri"), m.get("text"), m.get("tags") or {})
+        hits = [
+            Hit(
+                m["id"],
+                float(m["score"]),
+                m.get("uri"),
+                m.get("text"),
+                m.get("tags") or {},
+                m.get("thumbnail"),
+            )
             for m in answer.get("matches") or []
+            if m["id"] != like
         ]
+        return hits[:limit]
 
     def delete(self, ids: Iterable[str]) -> list[Outcome]:
         """Delete documents by id; unknown ids come back with error `unknown id`."""
@@ -288,12 +326,19 @@ def _outcome(doc: dict[str, Any]) -> Outcome:
 
 def _doc_dict(doc: Any) -> dict[str, Any]:
     out = {"id": doc.id}
-    for name in ("text", "uri", "error", "tags", "info"):
-        if hasattr(doc, name):
+    for name in ("text", "uri", "error", "tags", "info", "embedding"):
+        if getattr(doc, name, None) is not None:
             out[name] = getattr(doc, name)
     if hasattr(doc, "matches"):
         out["matches"] = [
-            {"id": m.id, "score": m.score, "uri": m.uri, "text": m.text, "tags": m.tags}
+            {
+                "id": m.id,
+                "score": m.score,
+                "uri": m.uri,
+                "text": m.text,
+                "tags": m.tags,
+                "thumbnail": m.thumbnail,
+            }
             for m in doc.matches
         ]
     return out
@@ -301,6 +346,8 @@ def _doc_dict(doc: Any) -> dict[str, Any]:
 
 def _json_doc(doc: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in doc.items() if v is not None}
+    if isinstance(out.get("embedding"), np.ndarray):
+        out["embedding"] = out["embedding"].tolist()
     if isinstance(out.get("blob"), bytes):
         out["blob"] = _data_uri(out["blob"], doc.get("uri"))
     return out

@@ -22,6 +22,7 @@ SEARCH_TEXT = "/search"
 SEARCH_IMAGE = "/search_by_image"
 UPDATE = "/update"
 DELETE = "/delete"
+GET = "/get"  # stored fields and embedding by id ("more like this")
 STATUS = "/status"
 
 
@@ -32,6 +33,7 @@ class Match(BaseDoc):
     uri: str | None = None
     text: str | None = None
     tags: dict[str, Any] = {}
+    thumbnail: str | None = None  # data: URI, with parameters {"thumbnails": true}
 
 
 class SearchDoc(BaseDoc):
@@ -41,6 +43,7 @@ class SearchDoc(BaseDoc):
     tensor: NdArray | None = None
     embedding: NdArray | None = None
     tags: dict[str, Any] = {}
+    thumbnail: bytes | None = None  # JPEG, from the image encoder to the indexer
     # A factory, not a default instance: pydantic deep-copies a mutable default for every new
     # document, and a DocList copies by pickling. The schema keeps `"default": []`: jina's
     # gateway rebuilds the model from it, and without a default there the HTTP endpoint would

@@ -20,8 +20,12 @@ def to_core(docs: DocList[SearchDoc]) -> list[Document]:
             tensor=None if d.tensor is None else np.asarray(d.tensor),
             embedding=None if d.embedding is None else np.asarray(d.embedding),
             tags=dict(d.tags or {}),
+            thumbnail=d.thumbnail,
             error=d.error,
-            matches=[Match(m.id, m.score, m.uri, m.text, dict(m.tags or {})) for m in d.matches],
+            matches=[
+                Match(m.id, m.score, m.uri, m.text, dict(m.tags or {}), m.thumbnail)
+                for m in d.matches
+            ],
         )
         for d in docs
     ]
@@ -38,6 +42,7 @@ def to_wire(docs: list[Document]) -> DocList[SearchDoc]:
                 tensor=d.tensor,
                 embedding=d.embedding,
                 tags=d.tags,
+                thumbnail=d.thumbnail,
                 error=d.error,
                 matches=DocList[WireMatch]([wire_match(m) for m in d.matches]),
             )
@@ -48,5 +53,10 @@ def to_wire(docs: list[Document]) -> DocList[SearchDoc]:
 
 def wire_match(match: Match) -> WireMatch:
     return WireMatch(
-        id=match.id, score=match.score, uri=match.uri, text=match.text, tags=match.tags
+        id=match.id,
+        score=match.score,
+        uri=match.uri,
+        text=match.text,
+        tags=match.tags,
+        thumbnail=match.thumbnail,
     )

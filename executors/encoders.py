@@ -39,21 +39,23 @@ class _EncoderExecutor(Executor):
             "num_threads": int(setting(num_threads, 0)) or torch_threads(replicas),
         }
 
-    def embed(self, docs: DocList[SearchDoc], new_ids: bool) -> DocList[SearchDoc]:
+    def embed(
+        self, docs: DocList[SearchDoc], new_ids: bool, thumbnails: bool
+    ) -> DocList[SearchDoc]:
         documents = to_core(docs)
         if new_ids:
             for doc in documents:
                 # JSON documents posted to the HTTP gateway without an id arrive with id None;
                 # ids are given here, before the index shards, so that every shard sees one.
                 doc.id = doc.id or uuid.uuid4().hex
-        failed = self.encoder.embed(documents)
+        failed = self.encoder.embed(documents, thumbnails=thumbnails)
         if failed:
             self.logger.warning(f"{failed} documents could not be embedded")
         return to_wire(documents)
 
     @requests(on=UPDATE)
     def encode_update(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return self.embed(docs, new_ids=False)  # updating needs the caller's ids
+        return self.embed(docs, new_ids=False, thumbnails=True)  # updates need the caller's ids
 
 
 class CLIPTextEncoder(_EncoderExecutor):
@@ -74,9 +76,13 @@ class CLIPTextEncoder(_EncoderExecutor):
             **self.encoder_options(device, dtype, minibatch_size, num_threads),
         )
 
-    @requests(on=[INDEX, SEARCH_TEXT])
+    @requests(on=INDEX)
     def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return self.embed(docs, new_ids=True)
+        return self.embed(docs, new_ids=True, thumbnails=True)
+
+    @requests(on=SEARCH_TEXT)
+    def encode_queries(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+        return self.embed(docs, new_ids=False, thumbnails=False)
 
     @requests(on=SEARCH_IMAGE)
     def pass_through(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
@@ -118,6 +124,10 @@ class CLIPImageEncoder(_EncoderExecutor):
             **self.encoder_options(device, dtype, minibatch_size, num_threads),
         )
 
-    @requests(on=[INDEX, SEARCH_IMAGE])
+    @requests(on=INDEX)
     def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return self.embed(docs, new_ids=True)
+        return self.embed(docs, new_ids=True, thumbnails=True)
+
+    @requests(on=SEARCH_IMAGE)
+    def encode_queries(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+        return self.embed(docs, new_ids=False, thumbnails=False)

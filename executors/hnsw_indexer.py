@@ -24,6 +24,7 @@ from jina import Executor, requests
 
 from client.wire import (
     DELETE,
+    GET,
     INDEX,
     SEARCH_IMAGE,
     SEARCH_TEXT,
@@ -101,6 +102,10 @@ class HNSWIndexer(Executor):
     def update(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
         return to_wire(self.index_.update(to_core(docs)))
 
+    @requests(on=GET)
+    def get(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+        return to_wire(self.index_.get(to_core(docs)))
+
     @requests(on=STATUS)
     def status(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
         """One `StatusDoc` whose `info` is `Index.status` (the request's docs are ignored)."""
@@ -135,7 +140,7 @@ class MatchMerger(Executor):
             merged.append(doc)
         return merged
 
-    @requests(on=[INDEX, UPDATE, DELETE])
+    @requests(on=[INDEX, UPDATE, DELETE, GET])
     def merge_outcomes(
         self,
         docs: DocList[SearchDoc],

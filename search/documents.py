@@ -1,7 +1,8 @@
 """The plain documents the search core works on: what is indexed, queried and answered.
 
 A `Document` carries an image (`blob` bytes, an HxWxC uint8 `tensor`, or a `uri`), or a
-`text`, or a ready `embedding`, plus an `id`, stored `tags`, and after processing either an
+`text`, or a ready `embedding`, plus an `id`, stored `tags` (and, for an image being indexed,
+its `thumbnail`), and after processing either an
 `error` (why this document could not be handled; its neighbours are unaffected) or, for a
 query, `matches`.
 """
@@ -25,6 +26,7 @@ class Match:
     uri: str | None = None
     text: str | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    thumbnail: str | None = None  # a data: URI, when the search asked for thumbnails
 
 
 @dataclass
@@ -36,6 +38,7 @@ class Document:
     tensor: np.ndarray | None = None
     embedding: np.ndarray | None = None
     tags: dict[str, Any] = field(default_factory=dict)
+    thumbnail: bytes | None = None  # JPEG, made by the image encoder while indexing
     error: str | None = None
     matches: list[Match] = field(default_factory=list)
 
@@ -54,6 +57,7 @@ class Document:
         self.blob = None
         self.tensor = None
         self.embedding = None
+        self.thumbnail = None
 
 
 def pending(docs: list[Document]) -> list[Document]:

@@ -24,6 +24,7 @@ from finetune.models import resolve_device
 from finetune.towers import load_tower
 from search.documents import Document
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, check_resize_cost
+from search.thumbnails import make_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,17 @@ class TowerEncoder:
             raise ValueError(f"minibatch_size must be >= 1, got {minibatch_size}")
         self.minibatch_size = int(minibatch_size)
 
-    def embed(self, docs: Sequence[Document]) -> int:
+    def embed(self, docs: Sequence[Document], thumbnails: bool = False) -> int:
         """Set `embedding` (or `error`) on the documents this encoder is for, in place;
-        returns how many of them failed."""
+        returns how many of them failed. With `thumbnails`, an image encoder also sets each
+        image document's `thumbnail` (for documents being indexed, not for queries)."""
         todo = [d for d in docs if d.error is None and d.embedding is None and self.accepts(d)]
         with torch.inference_mode():
             for chunk in batched(todo, self.minibatch_size):
                 ready, inputs = [], []
                 for doc in chunk:
                     try:
-                        inputs.append(self.model_input(doc))
+                        inputs.append(self.model_input(doc, thumbnails))
                         ready.append(doc)
                     except Exception as e:  # noqa: BLE001 - any bad input is this doc's error
                         doc.error = error_message(e)
@@ -125,7 +127,7 @@ class TowerEncoder:
     def accepts(self, doc: Document) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def model_input(self, doc: Document) -> Any:  # pragma: no cover - abstract
+    def model_input(self, doc: Document, thumbnail: bool) -> Any:  # pragma: no cover
         """What the tower's `encode` takes for this doc; raises with a message if unusable."""
         raise NotImplementedError
 
@@ -142,7 +144,7 @@ class TextEncoder(TowerEncoder):
     def accepts(self, doc: Document) -> bool:
         return doc.is_text_query
 
-    def model_input(self, doc: Document) -> str:
+    def model_input(self, doc: Document, thumbnail: bool) -> str:
         if not doc.text.strip():
             raise ValueError(EMPTY_TEXT_ERROR)
         return clip_text(doc.text, self.tower.context_length)
@@ -168,9 +170,11 @@ class ImageEncoder(TowerEncoder):
     def accepts(self, doc: Document) -> bool:
         return doc.has_image
 
-    def model_input(self, doc: Document) -> Any:
+    def model_input(self, doc: Document, thumbnail: bool) -> Any:
         image = self.policy.load(doc)
         check_resize_cost(image, self.short_side, self.policy.max_pixels)
+        if thumbnail:
+            doc.thumbnail = make_thumbnail(image)
         return image
 
     def finish(self, doc: Document) -> None:

@@ -13,6 +13,7 @@ One `Index` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
 from __future__ import annotations
 
 import math
+import unicodedata
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -22,12 +23,14 @@ import numpy as np
 from search.documents import Document, Match, pending, set_errors
 from search.hnsw_store import HNSWStore, check_vector
 from search.sharding import NOT_OWNER, UNKNOWN_ID, content_id, owner_shard
+from search.thumbnails import ThumbnailStore, data_uri
 
 DEFAULT_LIMIT = 10
 DEFAULT_MAX_LIMIT = 1000
 NO_CONTENT_ERROR = "document has neither text nor image"
 NO_EMBEDDING = "no embedding to search with"
 MISSING_ID = "missing id"
+MAX_ID_LENGTH = 512
 TEXT, IMAGE = "text", "image"
 # Why a query of the other modality reached a search: where it should have gone instead.
 WRONG_MODALITY = {
@@ -45,10 +48,13 @@ class Index:
         shard_id: int = 0,
         shards: int = 1,
         max_limit: int = DEFAULT_MAX_LIMIT,
+        thumbnails: ThumbnailStore | None = None,
     ) -> None:
+        """`thumbnails`: where image thumbnails are kept (default: beside the store)."""
         if not 0 <= shard_id < shards:
             raise ValueError(f"shard_id must be in 0..{shards - 1}, got {shard_id}")
         self.store = store
+        self.thumbnails = thumbnails or ThumbnailStore(store.path)
         self.shard_id, self.shards = int(shard_id), int(shards)
         self.max_limit = int(max_limit)
 
@@ -64,7 +70,9 @@ class Index:
                 continue
             if not doc.id:
                 doc.id = content_id(doc) if self.shards > 1 else uuid.uuid4().hex
-            embedded.append(doc)
+            doc.error = id_error(doc.id)
+            if doc.error is None:
+                embedded.append(doc)
         todo = self._owned(embedded)
         errors = self.store.upsert(
             [d.id for d in todo],
@@ -74,14 +82,18 @@ class Index:
             tags=[d.tags for d in todo],
         )
         set_errors(todo, errors)
+        # each stored document's thumbnail, or none where it has no image now; the request
+        # is acknowledged only after this, so a crash before it loses nothing acknowledged
+        self.thumbnails.put([(d.id, d.thumbnail) for d in pending(todo)])
         return _answer(docs)
 
     def search(
         self, docs: list[Document], parameters: dict[str, Any], modality: str = TEXT
     ) -> list[Document]:
         """Set `matches` (best first) of every document with an embedding. Parameters:
-        `limit` (default 10, clamped to `max_limit`) and `ef`. `modality` is the endpoint's:
-        a query of the other one is told where to go."""
+        `limit` (default 10, clamped to `max_limit`), `ef`, and `thumbnails` (true: each
+        match carries its image's thumbnail as a data: URI). `modality` is the endpoint's: a
+        query of the other one is told where to go."""
         limit, error = search_limit(parameters, self.max_limit)
         ef, ef_error = (None, None)
         if parameters.get("ef") is not None:
@@ -105,7 +117,20 @@ class Index:
                 set_errors(queries, [str(exc)] * len(queries))
             for doc, hits in zip(queries, results, strict=True):
                 doc.matches = [Match(*hit) for hit in hits]
+            if parameters.get("thumbnails") is True:
+                self._attach_thumbnails([m for doc in queries for m in doc.matches])
         return _answer(docs)
+
+    def get(self, docs: list[Document]) -> list[Document]:
+        """Each document's stored fields and embedding, by id (`unknown id` when not here):
+        what "more like this" searches with, on any shard."""
+        todo = self._with_ids(docs)
+        for doc, record in zip(todo, self.store.get([d.id for d in todo]), strict=True):
+            if record is None:
+                doc.error = UNKNOWN_ID
+            else:
+                doc.embedding, doc.uri, doc.text, doc.tags = record[1:]
+        return docs
 
     def delete(self, docs: list[Document], ids: Iterable[Any] = ()) -> list[Document]:
         """Delete the documents' ids and `ids`; one document per id comes back, with error
@@ -116,7 +141,9 @@ class Index:
         go too. `merge_outcome` reports an id deleted when any shard deleted it."""
         answer = [*docs, *(Document(id=id_text(i)) for i in ids)]
         todo = self._with_ids(answer)
-        unknown = set(self.store.delete([d.id for d in todo])[1])
+        deleted, unknown = self.store.delete([d.id for d in todo])
+        self.thumbnails.delete(deleted)
+        unknown = set(unknown)
         for doc in todo:
             if doc.id in unknown:
                 doc.error = UNKNOWN_ID
@@ -134,6 +161,7 @@ class Index:
             tags=[d.tags or None for d in todo],
         )
         set_errors(todo, errors)
+        self.thumbnails.put([(d.id, d.thumbnail) for d in pending(todo) if d.thumbnail])
         return _answer(docs)
 
     def status(self) -> dict[str, Any]:
@@ -141,10 +169,17 @@ class Index:
         (callers need not know where the service keeps its data)."""
         info = self.store.status()
         info.pop("path", None)
-        return {**info, "shard_id": self.shard_id, "shards": self.shards}
+        return {**info, **self.thumbnails.stats(), "shard_id": self.shard_id, "shards": self.shards}
 
     def close(self) -> None:
+        self.thumbnails.close()
         self.store.close()
+
+    def _attach_thumbnails(self, matches: list[Match]) -> None:
+        found = self.thumbnails.get([m.id for m in matches])
+        for match in matches:
+            if match.id in found:
+                match.thumbnail = data_uri(found[match.id])
 
     def _owned(self, docs: Iterable[Document]) -> list[Document]:
         """The documents whose id this shard owns; the others get error `NOT_OWNER`."""
@@ -158,14 +193,10 @@ class Index:
 
     @staticmethod
     def _with_ids(docs: list[Document]) -> list[Document]:
-        """The documents to act on: no error yet, and an id (else they get an error)."""
-        todo = []
+        """The documents to act on: no error yet, and a valid id (else they get an error)."""
         for doc in pending(docs):
-            if doc.id:
-                todo.append(doc)
-            else:
-                doc.error = MISSING_ID
-        return todo
+            doc.error = id_error(doc.id) if doc.id else MISSING_ID
+        return pending(docs)
 
 
 def positive_int(value: Any, name: str) -> tuple[int | None, str | None]:
@@ -186,6 +217,17 @@ def search_limit(parameters: dict[str, Any], max_limit: int) -> tuple[int | None
     """The `limit` parameter (default 10) clamped to `max_limit`, or an error message."""
     limit, error = positive_int(parameters.get("limit", DEFAULT_LIMIT), "limit")
     return (None, error) if error else (min(limit, max_limit), None)
+
+
+def id_error(doc_id: str) -> str | None:
+    """Why an id cannot be stored, or None: control characters (a NUL would cut the id short
+    in SQLite's JSON functions, so the document could never be deleted) or over-long ids."""
+    if len(doc_id) > MAX_ID_LENGTH:
+        return f"id is {len(doc_id)} characters long, more than the limit of {MAX_ID_LENGTH}"
+    bad = next((c for c in doc_id if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        return f"id contains the control character {bad!r}; ids must be printable text"
+    return None
 
 
 def id_text(value: Any) -> str:

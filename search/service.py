@@ -62,6 +62,10 @@ class SearchService:
         self._embed(docs)
         return self.index_.index(docs)
 
+    def get(self, ids: Iterable[str]) -> list[Document]:
+        """Stored fields and embedding of each id (error `unknown id` when not stored)."""
+        return self.index_.get([Document(id=i) for i in ids])
+
     def update(self, docs: list[Document]) -> list[Document]:
         """Change stored fields of existing ids (re-embedding those that carry content)."""
         self._embed(docs)
@@ -72,7 +76,7 @@ class SearchService:
     ) -> list[Document]:
         """Set `matches` on each query document (text queries, or image queries)."""
         encoder = self.text_encoder if modality == TEXT else self.image_encoder
-        encoder.embed(docs)
+        encoder.embed(docs, thumbnails=False)
         return self.index_.search(docs, parameters or {}, modality)
 
     def delete(self, ids: Iterable[str]) -> list[Document]:
@@ -87,17 +91,30 @@ class SearchService:
         self,
         text: str | None = None,
         image: bytes | None = None,
+        like: str | None = None,
         limit: int = 10,
         **parameters: Any,
     ) -> list[Match]:
-        """The `limit` best matches of a text or an image (bytes); raises `SearchError`."""
-        if (text is None) == (image is None):
-            raise SearchError("search needs a text or an image, not both")
-        doc = Document(text=text) if image is None else Document(blob=image)
-        modality = TEXT if image is None else IMAGE
+        """The `limit` best matches of a text, an image (bytes), or the stored document `like`
+        ("more like this": its stored embedding, no re-encode; itself left out). Other
+        parameters as the index's `search` takes them. Raises `SearchError`."""
+        if sum(q is not None for q in (text, image, like)) != 1:
+            raise SearchError("search needs one of a text, an image or a stored id")
+        if like is not None:
+            [stored] = self.get([like])
+            if stored.error:
+                raise SearchError(f"{like}: {stored.error}")
+            doc, modality = Document(embedding=stored.embedding), TEXT
+            limit += 1  # room for the document itself, dropped below
+        elif image is None:
+            doc, modality = Document(text=text), TEXT
+        else:
+            doc, modality = Document(blob=image), IMAGE
         [answer] = self.search_documents([doc], {"limit": limit, **parameters}, modality)
         if answer.error:
             raise SearchError(answer.error)
+        if like is not None:
+            return [m for m in answer.matches if m.id != like][: limit - 1]
         return answer.matches
 
     def close(self) -> None:
@@ -110,5 +127,5 @@ class SearchService:
         self.close()
 
     def _embed(self, docs: list[Document]) -> None:
-        self.image_encoder.embed(docs)
+        self.image_encoder.embed(docs, thumbnails=True)
         self.text_encoder.embed(docs)

@@ -75,7 +75,8 @@ def merge_matches(answers: Sequence[Any], limit: int | None) -> tuple[list[Any],
 
 
 def merge_outcome(answers: Sequence[Any]) -> tuple[Any, str | None]:
-    """(the answer to keep, its error) for one document of `/index`, `/update` or `/delete`.
+    """(the answer to keep, its error) for one document of `/index`, `/update`, `/delete` or
+    `/get`.
 
     The owner's answer, its error included; `OWNER_DID_NOT_ANSWER` when no answer is the
     owner's (its shard failed). Where several shards answered (`/delete`, or a document that
@@ -87,7 +88,7 @@ def merge_outcome(answers: Sequence[Any]) -> tuple[Any, str | None]:
     if errors == [NOT_OWNER] * len(errors):
         return answers[0], OWNER_DID_NOT_ANSWER
     if None in errors:
-        return answers[0], None
+        return answers[errors.index(None)], None
     # the shard that has the id says more than the others' "unknown id"
     return answers[0], next((e for e in errors if e != UNKNOWN_ID), errors[0])
 

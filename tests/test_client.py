@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from test_flow import flow_env
 
+from client.api import ClientError, SearchClient, images_to_index
 from client.cli import main
 from demo import BASE_MODEL_DIR, REPO
 from demo.served_flow import ServedFlow, free_port
@@ -160,3 +161,18 @@ def test_python_dash_m_client(flow):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "count" in json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_thumbnails_and_more_like_this_through_the_flow(host, photos):
+    with SearchClient(host) as client:
+        client.index([i for i in images_to_index(photos) if i.path.endswith(".png")])
+        hits = client.search(text="a red square", limit=3, thumbnails=True)
+        assert len(hits) == 3 and all(
+            h.thumbnail.startswith("data:image/jpeg;base64,") for h in hits
+        )
+        assert all(h.thumbnail is None for h in client.search(text="a red square", limit=3))
+        like = client.search(like="a/img0.png", limit=2)
+        assert len(like) == 2 and "a/img0.png" not in [h.id for h in like]
+        with pytest.raises(ClientError, match="nope.png: unknown id"):
+            client.search(like="nope.png")

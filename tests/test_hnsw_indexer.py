@@ -521,3 +521,10 @@ def test_sharded_flow_returns_the_global_top_k_and_upserts_by_id(tmp_path):
         assert [(d.id, d.error) for d in updated] == [("d1", None), ("d0", "unknown id")]
         info = clients[0].post("/status", return_type=DocList[StatusDoc])[0].info
         assert info["count"] == 49 and info["deleted_slots"] == 1
+        # "more like this" on a sharded index: the owner answers /get with the stored vector
+        for client in clients:
+            got = client.post(
+                "/get", docs(SearchDoc(id="d9"), SearchDoc(id="d0")), return_type=DocList[SearchDoc]
+            )
+            assert [(d.id, d.error) for d in got] == [("d9", None), ("d0", "unknown id")]
+            np.testing.assert_allclose(got[0].embedding, normed[9], atol=1e-6)

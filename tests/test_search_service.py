@@ -3,6 +3,7 @@ one process, with no jina (checked in a fresh interpreter), and the sharding rul
 
 from __future__ import annotations
 
+import base64
 import io
 import subprocess
 import sys
@@ -82,7 +83,7 @@ def test_index_search_update_delete_and_restart(service, tmp_path):
 
 
 def test_query_errors_are_search_errors(service):
-    with pytest.raises(SearchError, match="not both"):
+    with pytest.raises(SearchError, match="one of a text, an image or a stored id"):
         service.search(text="a", image=png((1, 2, 3)))
     service.index([Document(id="x", blob=png((1, 2, 3)))])
     with pytest.raises(SearchError, match="text is empty"):
@@ -91,6 +92,61 @@ def test_query_errors_are_search_errors(service):
         service.search(text="a", limit=float("nan"))
     with pytest.raises(SearchError, match="cannot decode image"):
         service.search(image=b"junk")
+
+
+def test_thumbnails_are_stored_replaced_returned_and_deleted(service):
+    big = png(COLOURS["red"], size=(640, 480))
+    service.index([Document(id="r", blob=big), Document(id="t", text="only a caption")])
+    [with_thumbs] = service.search_documents([Document(text="red")], {"thumbnails": True})
+    thumbs = {m.id: m.thumbnail for m in with_thumbs.matches}
+    assert thumbs["t"] is None  # a text-only document has no image to show
+    assert thumbs["r"].startswith("data:image/jpeg;base64,")
+    jpeg = Image.open(io.BytesIO(base64.b64decode(thumbs["r"].split(",", 1)[1])))
+    assert jpeg.format == "JPEG" and max(jpeg.size) == 256 and jpeg.size == (256, 192)
+    # without the parameter, answers stay small
+    assert all(m.thumbnail is None for m in service.search(text="red"))
+    assert service.status()["thumbnails"] == 1
+    assert 0 < service.status()["thumbnail_bytes"] < 20_000
+
+    service.index([Document(id="r", blob=png(COLOURS["blue"], size=(100, 300)))])
+    [again] = service.search_documents([Document(text="x")], {"thumbnails": True})
+    replaced = next(m.thumbnail for m in again.matches if m.id == "r")
+    thumb = Image.open(io.BytesIO(base64.b64decode(replaced.split(",", 1)[1])))
+    assert thumb.size == (85, 256) and thumb.getpixel((40, 128))[2] > 150  # the new, blue one
+    service.index([Document(id="r", embedding=np.ones(64, np.float32))])  # no image any more
+    assert service.status()["thumbnails"] == 0
+    service.index([Document(id="r", blob=big)])
+    service.delete(["r"])
+    assert service.status()["thumbnails"] == 0
+
+
+def test_more_like_this_uses_the_stored_embedding(service):
+    service.index(
+        [Document(id=name, blob=png(rgb), text=name) for name, rgb in COLOURS.items()]
+        + [Document(id="red2", blob=png((200, 40, 30)))]
+    )
+    similar = service.search(like="red", limit=2)
+    assert [m.id for m in similar][0] == "red2" and len(similar) == 2
+    assert "red" not in [m.id for m in similar]  # the document itself is left out
+    with pytest.raises(SearchError, match="nope: unknown id"):
+        service.search(like="nope")
+    [got] = service.get(["green"])
+    assert got.error is None and got.embedding.shape == (64,) and got.text == "green"
+
+
+@pytest.mark.parametrize(
+    "bad_id, expected",
+    [("a\0b", "control character"), ("tab\there", "control character"), ("x" * 600, "limit")],
+)
+def test_bad_ids_are_refused_per_document(service, bad_id, expected):
+    answer = service.index(
+        [Document(id=bad_id, blob=png((9, 9, 9))), Document(id="a", blob=png((1, 1, 1)))]
+    )
+    assert expected in answer[0].error and answer[1].error is None
+    assert service.status()["count"] == 1
+    # a NUL id must not reach SQLite's JSON functions, where it would stand for "a"
+    [deleted] = service.delete([bad_id])
+    assert expected in deleted.error and service.status()["count"] == 1
 
 
 def test_the_core_runs_without_jina_or_docarray(tmp_path):
