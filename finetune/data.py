@@ -4,7 +4,9 @@
 
 - ``csv``: one caption and one image per row, in either column order (the image column is the
   one whose values look like image files or URLs), header optional, any dialect (comma,
-  semicolon, tab or pipe separated, quoted or not).
+  semicolon, tab or pipe separated, quoted or not). A header of three or more columns that
+  names an ``image`` and a ``caption`` (or ``text``) column picks those two by name, and the
+  other columns become each pair's ``tags`` (e.g. a product CSV's colour, category, price).
 - ``openclip-csv``: open_clip's ``--csv-img-key/--csv-caption-key`` CSV/TSV with named columns
   (``filepath`` and ``title`` by default).
 - ``flickr8k``: Kaggle Flickr8k ``captions.txt`` (``image,caption`` header; captions hold
@@ -72,6 +74,9 @@ class Pair:
 
     image: str  # absolute path of the image file
     caption: str  # prompt already applied
+    # The data file's other columns, for a csv whose header names them: column -> value, a
+    # number where the cell reads as a finite one, empty cells left out. Empty for other files.
+    tags: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -154,6 +159,7 @@ class _Row:
     caption: str
     subdirs: tuple[str, ...] = ("",)  # subfolders of each image root to look in, in order
     error: str | None = None  # a problem the parser already found
+    tags: dict[str, Any] = field(default_factory=dict, hash=False)  # see Pair.tags
 
 
 @dataclass(frozen=True)
@@ -270,7 +276,8 @@ def _check_rows(
         if problem:
             skipped.append((_describe(row), problem))
         else:
-            pairs.append(Pair(image=path, caption=_apply_prompt(row.caption, prompt)))
+            caption = _apply_prompt(row.caption, prompt)
+            pairs.append(Pair(image=path, caption=caption, tags=dict(row.tags)))
     return pairs, skipped
 
 
@@ -342,14 +349,7 @@ def _csv_layout(ctx: _Context) -> tuple[Any, int]:
     """(dialect, image column: 0 or -1) of a plain two-column csv, judged from its values."""
     src = ctx.source
     sample = "".join(islice(io.StringIO(src.text, newline=""), CSV_SAMPLE_ROWS))
-    if ctx.csv_separator:
-        candidates: list[Any] = [_dialect(ctx.csv_separator)]
-    else:
-        candidates = [_dialect(d) for d in CSV_DELIMITERS]
-        try:  # the sniffer also finds the quote character; plain delimiters are the fallback
-            candidates.insert(0, csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS))
-        except csv.Error:
-            pass
+    candidates = _csv_candidates(ctx, sample)
     best: tuple[int, Any, int] = (0, None, 0)
     for dialect in candidates:
         try:
@@ -375,9 +375,82 @@ def _csv_layout(ctx: _Context) -> tuple[Any, int]:
 # --- format readers: each turns a data file into raw rows -------------------------------------
 
 
-def _read_csv(ctx: _Context) -> Iterator[_Row]:
-    """Plain csv: image column and dialect inferred; extra delimiters belong to the caption."""
+def _csv_candidates(ctx: _Context, sample: str) -> list[Any]:
+    """Dialects to try, most likely first."""
+    if ctx.csv_separator:
+        return [_dialect(ctx.csv_separator)]
+    candidates: list[Any] = [_dialect(d) for d in CSV_DELIMITERS]
+    try:  # the sniffer also finds the quote character; plain delimiters are the fallback
+        candidates.insert(0, csv.Sniffer().sniff(sample, delimiters=CSV_DELIMITERS))
+    except csv.Error:
+        pass
+    return candidates
+
+
+def _named_header(ctx: _Context) -> tuple[Any, list[str], int, int] | None:
+    """(dialect, header, image column, caption column) when the first record is a header of
+    three or more columns naming ``image`` and ``caption`` (or ``text``), case-insensitively."""
     src = ctx.source
+    sample = "".join(islice(io.StringIO(src.text, newline=""), CSV_SAMPLE_ROWS))
+    for dialect in _csv_candidates(ctx, sample):
+        try:
+            first = next(_csv_records(sample, dialect, src.path), None)
+        except DataError:
+            continue
+        header = [] if first is None else [name.strip() for name in first[1]]
+        names = [name.lower() for name in header]
+        caption = next((c for c in ("caption", "text") if c in names), None)
+        if len(header) >= 3 and "image" in names and caption:
+            return dialect, header, names.index("image"), names.index(caption)
+    return None
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _tag_value(cell: str) -> Any:
+    """A csv cell as a tag: a number when it reads as a finite one, else the stripped text."""
+    text = cell.strip()
+    if _NUMBER.fullmatch(text):
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        number = float(text)
+        if math.isfinite(number):
+            return number
+    return text
+
+
+def _read_named_csv(
+    ctx: _Context, dialect: Any, header: list[str], img_col: int, caption_col: int
+) -> Iterator[_Row]:
+    """A csv whose header names its columns: image and caption by name, the rest as tags."""
+    src = ctx.source
+    records = _csv_records(src.text, dialect, src.path)
+    next(records)  # the header
+    others = [i for i in range(len(header)) if i not in (img_col, caption_col)]
+    for line, fields in records:
+        where = f"{src.name}:{line}"
+        if len(fields) > len(header):
+            error = (
+                f"{len(fields)} fields, the header has {len(header)} (quote values that hold "
+                f"the separator {dialect.delimiter!r})"
+            )
+            yield _Row(where, fields[img_col], "", error=error)
+            continue
+        fields = fields + [""] * (len(header) - len(fields))
+        tags = {header[i]: _tag_value(fields[i]) for i in others if fields[i].strip()}
+        yield _Row(where, fields[img_col], fields[caption_col], tags=tags)
+
+
+def _read_csv(ctx: _Context) -> Iterator[_Row]:
+    """Plain csv: image column and dialect inferred; extra delimiters belong to the caption.
+    A header naming the image and caption among three or more columns is read by name."""
+    src = ctx.source
+    named = _named_header(ctx)
+    if named is not None:
+        ctx.log.debug("%s: columns named by the header: %s", src.name, named[1])
+        yield from _read_named_csv(ctx, *named)
+        return
     dialect, column = _csv_layout(ctx)
     sep = dialect.delimiter
     for n, (line, fields) in enumerate(_csv_records(src.text, dialect, src.path)):

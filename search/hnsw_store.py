@@ -23,6 +23,15 @@ on open and updated after each commit, so a query never waits on SQLite. That co
 much memory as the fields themselves; the store's search runs at 0.92-1.01x raw hnswlib from
 ef=32 up (`benchmarks/bench_index.py`). The number of live items is the size of that table.
 
+Searches may carry a filter on the tags (`search.filters`: equality, ``$in`` and numeric ranges,
+ANDed). A `TagIndex` beside the field table (built with it on open, updated with it after each
+commit) turns the filter into the set of matching labels with a few array operations. With
+that set the search takes the cheaper of two exact-enough ways, by a cost model (`_plan`): a
+graph walk that only admits matching labels (hnswlib's filter; it slows as the filter gets
+more selective, since the walk crosses more non-matching nodes), or an exact scan of the
+matching vectors read from SQLite (cost linear in the matches, independent of the graph). A
+filter therefore never returns fewer than ``min(limit, matches)`` hits.
+
 A plain library (no jina) so that it can be tested and benchmarked on its own.
 """
 
@@ -42,6 +51,8 @@ from typing import IO, Any, NamedTuple
 import hnswlib
 import numpy as np
 
+from search.filters import Filter, TagIndex, parse_filter
+
 log = logging.getLogger(__name__)
 
 DB_FILE = "store.sqlite"
@@ -50,6 +61,11 @@ SNAPSHOT_META = "snapshot.json"
 _FORMAT = 1  # version of the tables' layout, checked on open
 _ADD_CHUNK = 10_000  # rows per hnswlib.add_items call while rebuilding or catching up
 _NO_TAGS = "{}"  # one shared string for the common case, in the in-memory field table
+# The cost model that picks a filtered search's path (`_plan`), in seconds at dim 512 and ef 64
+# on a 2-core machine (measured with benchmarks/bench_filter.py); only their ratios matter.
+_FETCH_S = 8e-6  # reading one matching vector from SQLite for an exact scan
+_DOT_S = 7e-9  # one query-vector product of that scan (a batched matmul)
+_WALK_S = 2.5e-4  # one filtered graph walk, per unit of 1 / (fraction of items matching)
 
 # 16 KiB pages: with SQLite's default 4 KiB, one page holds a single 2 KiB (dim 512) vector row.
 _PAGE_SIZE = 16_384
@@ -175,6 +191,7 @@ class HNSWStore:
         self._changes_since_snapshot = 0
         # label -> (id, uri, text, tags JSON) of every live item: what a search returns
         self._fields: dict[int, tuple[str, str | None, str | None, str]] = {}
+        self._tags = TagIndex()  # the tags of the same items, by value, for filters
         # One writer per directory: a second store (e.g. a Jina replica sharing the shard's
         # workspace) would commit rows that this one's graph never sees.
         self._dir_lock = _lock_directory(self.path / LOCK_FILE)
@@ -300,15 +317,25 @@ class HNSWStore:
             found = self._fetch(list(ids))
         return [found[i][1] if i in found else None for i in ids]
 
-    def search(self, queries: Any, limit: int = 10, ef: int | None = None) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: Any,
+        limit: int = 10,
+        ef: int | None = None,
+        filter: Filter | dict[str, Any] | None = None,
+    ) -> list[list[Hit]]:
         """Top-``limit`` items for each query row by cosine similarity, best first.
 
         Scores are ``1 - hnswlib cosine distance``. ``limit`` is clamped to the number of live
-        items, ``ef`` (default: the store's) raised to at least ``limit``. Raises ValueError
-        for ``limit < 1`` or a query matrix of the wrong shape, with NaN/inf or zero rows.
+        items, ``ef`` (default: the store's) raised to at least ``limit``. ``filter`` (see
+        `search.filters`) keeps only items whose tags match; then each query gets
+        ``min(limit, matching items)`` hits. Raises ValueError for ``limit < 1`` or a query
+        matrix of the wrong shape, with NaN/inf or zero rows, and `FilterError` (a ValueError)
+        for a bad filter.
         """
         if int(limit) < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
+        flt = parse_filter(filter)
         q = np.asarray(queries, dtype=np.float32)
         q = q[None, :] if q.ndim == 1 else q
         if q.ndim != 2:
@@ -319,7 +346,11 @@ class HNSWStore:
             if k == 0 or len(q) == 0:
                 return [[] for _ in range(len(q))]
             self._check_queries(q)
-            labels, distances = self._knn(q, k, max(int(ef or self.ef), k))
+            ef = max(int(ef or self.ef), k)
+            if flt:
+                labels, distances = self._filtered_knn(q, k, ef, flt)
+            else:
+                labels, distances = self._knn(q, k, ef)
             # float32 rounding can put a self-match a hair above 1
             scores = np.minimum(1.0 - distances, 1.0).tolist()
             return [
@@ -378,6 +409,7 @@ class HNSWStore:
                 self._db = None
                 self._index = None
                 self._fields = {}
+                self._tags = TagIndex()
                 self._dir_lock.close()  # releases the flock
 
     def __enter__(self) -> HNSWStore:
@@ -468,6 +500,26 @@ class HNSWStore:
         self._fields = {
             label: _field_entry(doc_id, uri, text, tags) for label, doc_id, uri, text, tags in rows
         }
+        self._tags = TagIndex()
+        for label, (_, _, _, tags) in self._fields.items():
+            if tags is not _NO_TAGS:
+                self._tags.add(label, json.loads(tags))
+        self._tags.compact()
+
+    def _set_fields(
+        self, label: int, entry: tuple[str, str | None, str | None, str] | None
+    ) -> None:
+        """Replace (None: drop) a label's entry in the field table and re-index its tags."""
+        old = self._fields.pop(label, None) if entry is None else self._fields.get(label)
+        old_tags = None if old is None else old[3]
+        new_tags = None if entry is None else entry[3]
+        if entry is not None:
+            self._fields[label] = entry
+        if old_tags != new_tags:
+            if old_tags not in (None, _NO_TAGS):
+                self._tags.remove(label, json.loads(old_tags))
+            if new_tags not in (None, _NO_TAGS):
+                self._tags.add(label, json.loads(new_tags))
 
     def _write(
         self,
@@ -508,9 +560,9 @@ class HNSWStore:
             self._set_meta(last_seq=seq, next_label=self._next_label, dim=self._dim)
         self._seq = seq
         for r in rows:
-            self._fields[r.label] = _field_entry(r.id, r.uri, r.text, r.tags_json)
+            self._set_fields(r.label, _field_entry(r.id, r.uri, r.text, r.tags_json))
         for label in deletes.values():
-            self._fields.pop(label, None)
+            self._set_fields(label, None)
         try:
             self._apply(reindex, existing, list(deletes.values()))
         except Exception:  # the commit stands: make the graph agree with SQLite again
@@ -591,6 +643,59 @@ class HNSWStore:
                     ef = min(2 * ef, total)
         finally:
             graph.set_ef(self.ef)
+
+    def _filtered_knn(
+        self, q: np.ndarray, k: int, ef: int, flt: Filter
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, distances) of the top ``min(k, matching items)`` among the items matching
+        ``flt``, best first."""
+        mask = self._tags.mask(flt, self._next_label)
+        matching = np.flatnonzero(mask)
+        k_found = min(k, matching.size)
+        if k_found == 0:
+            return np.full((len(q), 0), -1, np.int64), np.zeros((len(q), 0), np.float32)
+        if self._plan(len(q), matching.size, ef) == "walk":
+            graph = self._index
+            # bytes indexing is the cheapest membership test hnswlib can call back into
+            allowed = mask.view(np.uint8).tobytes().__getitem__
+            try:
+                graph.set_ef(ef)
+                # one thread: the callback needs the GIL, so more threads only contend for it
+                return graph.knn_query(q, k=k_found, num_threads=1, filter=allowed)
+            except RuntimeError:  # the walk found fewer than k matches: scan them instead
+                pass
+            finally:
+                graph.set_ef(self.ef)
+        return self._exact(q, k_found, matching)
+
+    def _plan(self, n_queries: int, n_matching: int, ef: int) -> str:
+        """ "walk" (filtered graph search) or "scan" (exact over the matching vectors), whichever
+        the cost model expects to be quicker for this batch. A scan reads each matching vector
+        once for the whole batch, so it wins for selective filters and for large batches; a
+        walk costs about as much per query as an unfiltered one divided by the fraction of
+        items that match."""
+        scale = self._dim / 512
+        scan = n_matching * (_FETCH_S + n_queries * _DOT_S * scale)
+        walk = n_queries * _WALK_S * scale * (ef / 64) * self.count / n_matching
+        return "scan" if scan <= walk else "walk"
+
+    def _exact(self, q: np.ndarray, k: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-``k`` by cosine among ``labels``, from the vectors in SQLite."""
+        rows = self._db.execute(
+            "SELECT label, embedding FROM vectors WHERE label IN (SELECT value FROM json_each(?))",
+            (json.dumps(labels.tolist()),),
+        ).fetchall()
+        found = np.fromiter((label for label, _ in rows), np.int64, len(rows))
+        vectors = np.frombuffer(b"".join(blob for _, blob in rows), np.float32)
+        vectors = vectors.reshape(len(rows), self._dim)
+        unit = q / np.linalg.norm(q, axis=1, keepdims=True)
+        # hnswlib's cosine distance, 1 - dot of unit vectors, so that scores match a walk's
+        distances = 1.0 - unit @ vectors.T
+        k = min(k, len(rows))
+        top = np.argpartition(distances, k - 1, axis=1)[:, :k]
+        top_d = np.take_along_axis(distances, top, axis=1)
+        order = np.argsort(top_d, axis=1, kind="stable")
+        return found[np.take_along_axis(top, order, axis=1)], np.take_along_axis(top_d, order, 1)
 
     # ------------------------------------------------------------------ open and snapshot
 

@@ -126,6 +126,79 @@ def test_csv_explicit_separator(imgs: Path) -> None:
     }
 
 
+PRODUCTS_HEADER = "image,caption,gender,category,subCategory,articleType,colour,season,price\n"
+
+
+def test_csv_header_names_the_columns_and_the_others_become_tags(tmp_path: Path) -> None:
+    make_image(tmp_path / "images" / "1163.jpg", 8, "red")
+    make_image(tmp_path / "images" / "1164.jpg", 8, "blue")
+    make_image(tmp_path / "images" / "1165.jpg", 8, "white")
+    path = write(
+        tmp_path / "styles.csv",
+        PRODUCTS_HEADER
+        + "images/1163.jpg,Nike Men Red T-shirt,Men,Apparel,Topwear,Tshirts,Red,Summer,49.5\n"
+        + 'images/1164.jpg,"Puma Women Blue Shoes, Running",Women,Footwear,Shoes,Sports Shoes,'
+        + "Blue,,120\n"
+        + "images/1165.jpg,Plain White Mug,,Home,,Mugs,White,All,n/a\n",
+    )
+    assert detect_format(path) == "csv"
+    ps = load_pairs(path)
+    assert (ps.format, ps.n_rows, ps.skipped) == ("csv", 3, [])
+    assert [(os.path.relpath(p.image, tmp_path), p.caption) for p in ps.pairs] == [
+        ("images/1163.jpg", "Nike Men Red T-shirt"),
+        ("images/1164.jpg", "Puma Women Blue Shoes, Running"),
+        ("images/1165.jpg", "Plain White Mug"),
+    ]
+    assert ps.pairs[0].tags == {
+        "gender": "Men",
+        "category": "Apparel",
+        "subCategory": "Topwear",
+        "articleType": "Tshirts",
+        "colour": "Red",
+        "season": "Summer",
+        "price": 49.5,
+    }
+    tags = ps.pairs[1].tags
+    assert tags["price"] == 120 and isinstance(tags["price"], int)
+    assert "season" not in tags  # empty cells are left out
+    assert ps.pairs[2].tags == {
+        "category": "Home",
+        "articleType": "Mugs",
+        "colour": "White",
+        "season": "All",
+        "price": "n/a",  # not a number: kept as text
+    }
+    # the eval view and a prompt see the caption alone, never the other columns
+    images, captions, _ = ps.retrieval_view()
+    assert captions[0] == "Nike Men Red T-shirt" and len(images) == 3
+    prompted = load_pairs(path, prompt="a photo of {}")
+    assert prompted.pairs[0].caption == "a photo of Nike Men Red T-shirt"
+
+
+def test_csv_header_by_name_in_any_order_and_separator(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.png", 8, "red")
+    path = write(tmp_path / "p.tsv", "Colour\tText\tImage\nred\ta red square\ta.png\n")
+    ps = load_pairs(path)
+    assert [(p.caption, p.tags) for p in ps.pairs] == [("a red square", {"Colour": "red"})]
+
+
+def test_csv_named_header_row_with_too_many_fields_is_a_bad_row(tmp_path: Path) -> None:
+    make_image(tmp_path / "a.png", 8, "red")
+    path = write(
+        tmp_path / "p.csv",
+        "image,caption,colour\na.png,a red square,red\na.png,unquoted, comma,red\n",
+    )
+    ps = load_pairs(path, max_bad_fraction=0.5)
+    assert [p.caption for p in ps.pairs] == ["a red square"]
+    assert "4 fields, the header has 3" in ps.skipped[0][1]
+
+
+def test_headerless_two_column_csv_has_no_tags(imgs: Path) -> None:
+    path = write(imgs / "p.csv", "img/a.jpg,a red square, with a comma\n")
+    ps = load_pairs(path)
+    assert [(p.caption, p.tags) for p in ps.pairs] == [("a red square, with a comma", {})]
+
+
 def test_absolute_image_paths(imgs: Path, tmp_path: Path) -> None:
     other = tmp_path / "elsewhere"
     path = write(other / "p.csv", f"{imgs / 'img' / 'a.jpg'},a red square\n")

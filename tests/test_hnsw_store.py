@@ -377,3 +377,142 @@ def test_search_while_another_thread_indexes(tmp_path):
         writer.join(timeout=60)
         assert not writer.is_alive() and not errors
         assert s.count == 1000 and top1(s, x) == ids(1000)
+
+
+# ---------------------------------------------------------------------- filtered search
+
+
+def brute_force_filtered(x: np.ndarray, keep: np.ndarray, queries: np.ndarray, k: int) -> list:
+    """Exact top-k row indices among the rows where ``keep``, best first."""
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = queries @ unit.T
+    sims[:, ~keep] = -np.inf
+    return [row[: min(k, int(keep.sum()))].tolist() for row in np.argsort(-sims, axis=1)]
+
+
+def test_filtered_search_returns_only_matching_items(store):
+    x = vectors(500)
+    tags = [{"colour": ["red", "blue"][i % 2], "price": i % 50} for i in range(500)]
+    store.upsert(ids(500), x, tags=tags)
+    for flt in ({"colour": "red"}, {"price": {"$lt": 5}}, {"colour": "blue", "price": 7}):
+        for row in store.search(x[:20], limit=10, filter=flt):
+            assert len(row) == 10
+            scores = [h.score for h in row]
+            assert scores == sorted(scores, reverse=True)
+            for hit in row:
+                assert all(hit.tags[key] == tags[int(hit.id[1:])][key] for key in hit.tags)
+    hits = store.search(x[:3], limit=5, filter={"colour": "red"})
+    assert all(int(h.id[1:]) % 2 == 0 for row in hits for h in row)
+    assert store.search(x[:2], limit=5, filter={"colour": "green"}) == [[], []]
+    assert store.search(x[0], limit=5, filter={}) == store.search(x[0], limit=5)
+
+
+def test_filtered_search_scores_agree_with_unfiltered(store):
+    x = vectors(300)
+    store.upsert(ids(300), x, tags=[{"even": i % 2 == 0} for i in range(300)])
+    unfiltered = {h.id: h.score for h in store.search(x[4], limit=300)[0]}
+    for hit in store.search(x[4], limit=20, filter={"even": True})[0]:
+        assert hit.score == pytest.approx(unfiltered[hit.id], abs=1e-6)
+    assert store.search(x[4], limit=1, filter={"even": True})[0][0].id == "v4"
+
+
+def test_bad_filter_is_a_value_error_naming_the_part(store):
+    store.upsert(ids(3), vectors(3))
+    with pytest.raises(ValueError, match=r"filter\.price: \$lt needs a number"):
+        store.search(vectors(1), filter={"price": {"$lt": "cheap"}})
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.2, 0.05, 0.01, 0.002])
+@pytest.mark.parametrize("path", ["walk", "scan", "planned"])
+def test_filtered_recall_against_brute_force(tmp_path, fraction, path):
+    n, k = 3000, 10
+    rng = np.random.default_rng(1)
+    x = vectors(n, dim=32, seed=2)
+    keep = rng.random(n) < fraction
+    queries = vectors(50, dim=32, seed=3)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    with HNSWStore(tmp_path / "s", initial_capacity=n) as s:
+        s.upsert(ids(n), x, tags=[{"in": bool(b)} for b in keep])
+        if path != "planned":  # each way of searching on its own
+            s._plan = lambda *args: path
+        found = [[int(h.id[1:]) for h in row] for row in s.search(queries, k, filter={"in": True})]
+        single = [[int(h.id[1:]) for h in s.search(q, k, filter={"in": True})[0]] for q in queries]
+    exact = brute_force_filtered(x, keep, queries, k)
+    for result in (found, single):
+        assert all(len(f) == len(e) for f, e in zip(result, exact, strict=True))
+        recall = sum(len(set(f) & set(e)) for f, e in zip(result, exact, strict=True))
+        assert recall / sum(map(len, exact)) >= 0.99
+
+
+def test_very_selective_filter_still_fills_the_limit(store):
+    x = vectors(1000)
+    tags = [
+        {"rare": i in (5, 500, 900)} | ({"few": True} if i % 50 == 0 else {}) for i in range(1000)
+    ]
+    store.upsert(ids(1000), x, tags=tags)
+    for q in (x[1], x[500]):
+        hits = store.search(q, limit=10, ef=10, filter={"rare": True})[0]
+        assert sorted(h.id for h in hits) == ["v5", "v500", "v900"]  # min(limit, matches)
+        hits = store.search(q, limit=15, ef=15, filter={"few": True})[0]
+        assert len(hits) == 15 and all(int(h.id[1:]) % 50 == 0 for h in hits)
+
+
+def filtered_ids(store: HNSWStore, flt: dict) -> set[str]:
+    return {h.id for h in store.search(np.ones(DIM), limit=store.count, filter=flt)[0]}
+
+
+def test_filter_index_follows_updates_deletes_reindexing_and_reopen(tmp_path):
+    x = vectors(30)
+    with HNSWStore(tmp_path / "s", initial_capacity=16) as s:
+        s.upsert(ids(20), x[:20], tags=[{"colour": "red", "price": i} for i in range(20)])
+        assert filtered_ids(s, {"colour": "red"}) == set(ids(20))
+        s.update(["v0", "v1"], tags=[{"colour": "blue", "price": 100}, {}])
+        s.update(["v2"], text=["only text changes"])  # tags kept
+        s.delete(["v3", "v4"])
+        s.upsert(["v5"], x[25:26], tags=[{"colour": "blue", "sizes": [38, 40]}])  # re-indexed
+        s.delete(["v6"])
+        s.upsert(["v6"], x[26:27], tags=[{"colour": "green"}])  # back with a fresh label
+        expected = {
+            "red": set(ids(20)) - {"v0", "v1", "v3", "v4", "v5", "v6"},
+            "blue": {"v0", "v5"},
+            "cheap": {"v2", "v7", "v8", "v9"},
+        }
+
+        def check(store: HNSWStore) -> None:
+            assert filtered_ids(store, {"colour": "red"}) == expected["red"]
+            assert filtered_ids(store, {"colour": {"$in": ["blue"]}}) == expected["blue"]
+            assert filtered_ids(store, {"price": {"$gt": 1, "$lt": 10}}) == expected["cheap"]
+            assert filtered_ids(store, {"price": {"$gte": 100}}) == {"v0"}
+            assert filtered_ids(store, {"sizes": 40}) == {"v5"}
+            assert filtered_ids(store, {"colour": "green"}) == {"v6"}
+
+        check(s)
+    with HNSWStore(tmp_path / "s") as s:  # rebuilt from SQLite on open
+        check(s)
+
+
+FILTER_WRITER = """
+    import os, sys
+    import numpy as np
+    from search.hnsw_store import HNSWStore
+
+    x = np.random.default_rng(0).normal(size=(40, 16)).astype(np.float32)
+    s = HNSWStore(sys.argv[1], initial_capacity=16, snapshot_every=10**9)
+    s.upsert([f"v{i}" for i in range(30)], x[:30], tags=[{"k": i % 3} for i in range(30)])
+    s.snapshot()
+    s.update(["v0"], tags=[{"k": 1}])
+    s.delete(["v1"])
+    s.upsert(["v30", "v3"], x[30:32], tags=[{"k": 0}, {"k": 2}])
+    os._exit(0)  # a crash: the snapshot is older than the last commits
+"""
+
+
+def test_filter_index_after_a_crash(tmp_path):
+    proc = run_script(FILTER_WRITER, str(tmp_path / "s"))
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    with HNSWStore(tmp_path / "s") as s:
+        zero = {f"v{i}" for i in range(0, 30, 3)} - {"v0", "v3"} | {"v30"}
+        assert filtered_ids(s, {"k": 0}) == zero
+        assert filtered_ids(s, {"k": 1}) == {f"v{i}" for i in range(1, 30, 3)} - {"v1"} | {"v0"}
+        assert "v3" in filtered_ids(s, {"k": 2})
