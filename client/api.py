@@ -78,11 +78,12 @@ class Outcome:
 
 @dataclass
 class IndexItem:
-    """One image to index: its stable id, file, and caption (if any)."""
+    """One image to index: its stable id, file, caption (if any) and tags to filter on."""
 
     id: str
     path: str
     caption: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
 
 
 def images_to_index(path: str | os.PathLike) -> list[IndexItem]:
@@ -91,7 +92,8 @@ def images_to_index(path: str | os.PathLike) -> list[IndexItem]:
     Ids are the image paths relative to `path` (a folder) or to the data file's folder, so
     indexing the same source again replaces documents instead of adding copies, and a broken
     run can simply be repeated. A data file is any format the trainer reads
-    (`finetune.data.load_pairs`); an image's first caption becomes its display text.
+    (`finetune.data.load_pairs`); an image's first caption becomes its display text, and a
+    CSV's extra columns its tags (`price` 49.5 as the number 49.5).
     """
     source = Path(path).expanduser()
     if not source.exists():
@@ -102,10 +104,13 @@ def images_to_index(path: str | os.PathLike) -> list[IndexItem]:
         return [IndexItem(_stable_id(p, base), str(p)) for p in files]
     pairs = load_pairs(source, check_images=False).pairs
     base = source.resolve().parent
-    captions: dict[str, str] = {}
+    first: dict[str, Any] = {}
     for pair in pairs:
-        captions.setdefault(pair.image, pair.caption)
-    return [IndexItem(_stable_id(Path(img), base), img, cap) for img, cap in captions.items()]
+        first.setdefault(pair.image, pair)
+    return [
+        IndexItem(_stable_id(Path(img), base), img, pair.caption, dict(pair.tags))
+        for img, pair in first.items()
+    ]
 
 
 def _stable_id(image: Path, base: Path) -> str:
@@ -272,7 +277,13 @@ class SearchClient:
             except OSError as e:
                 done([Outcome(item.id, f"{item.path}: cannot read ({e.strerror})")])
                 continue
-            yield {"id": item.id, "blob": data, "uri": item.path, "text": item.caption}
+            yield {
+                "id": item.id,
+                "blob": data,
+                "uri": item.path,
+                "text": item.caption,
+                "tags": item.tags,
+            }
 
     def _transport(self) -> GrpcTransport:
         if self._grpc is None:

@@ -393,6 +393,22 @@ class TagIndex:
                 break
         return np.ones(size, bool) if out is None else out
 
+    def summary(self, max_values: int = 50) -> dict[str, dict[str, Any]]:
+        """What each tag field holds, for filter controls: `values` (its most common string
+        and boolean values, at most `max_values`, commonest first) and `min` / `max` of its
+        numbers."""
+        self.compact()
+        out: dict[str, dict[str, Any]] = {}
+        for field, by_value in self._values.items():
+            ranked = sorted(by_value.items(), key=lambda kv: -len(kv[1]))
+            values = [key[1] if isinstance(key, tuple) else key for key, _ in ranked]
+            out[field] = {"values": values[:max_values]}
+        for field, numbers in self._numbers.items():
+            out.setdefault(field, {}).update(
+                min=float(numbers.values.min()), max=float(numbers.values.max())
+            )
+        return out
+
     def nbytes(self) -> int:
         """Bytes held by the arrays (pending changes and Python objects not counted)."""
         total = sum(

@@ -375,6 +375,7 @@ class HNSWStore:
                 "seq": self._seq,
                 "snapshot_seq": self._snapshot_seq,
                 "path": str(self.path),
+                "tags": self._tags.summary(),
             }
 
     def snapshot(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from search.documents import Document, Match, pending, set_errors
+from search.filters import FilterError, parse_filter
 from search.hnsw_store import HNSWStore, check_vector
 from search.sharding import NOT_OWNER, UNKNOWN_ID, content_id, owner_shard
 from search.thumbnails import ThumbnailStore, data_uri
@@ -91,13 +92,18 @@ class Index:
         self, docs: list[Document], parameters: dict[str, Any], modality: str = TEXT
     ) -> list[Document]:
         """Set `matches` (best first) of every document with an embedding. Parameters:
-        `limit` (default 10, clamped to `max_limit`), `ef`, and `thumbnails` (true: each
+        `limit` (default 10, clamped to `max_limit`), `ef`, `filter` (over tags, see
+        `search.filters`; a bad one is each query's error) and `thumbnails` (true: each
         match carries its image's thumbnail as a data: URI). `modality` is the endpoint's: a
         query of the other one is told where to go."""
         limit, error = search_limit(parameters, self.max_limit)
         ef, ef_error = (None, None)
         if parameters.get("ef") is not None:
             ef, ef_error = positive_int(parameters["ef"], "ef")
+        try:
+            tag_filter = parse_filter(parameters.get("filter"))
+        except FilterError as exc:
+            tag_filter, error = None, error or str(exc)
         wrong = (lambda d: d.has_image) if modality == TEXT else (lambda d: d.is_text_query)
         queries, vectors = [], []
         for doc in pending(docs):
@@ -111,7 +117,9 @@ class Index:
                     vectors.append(vec)
         if queries:
             try:
-                results = self.store.search(np.stack(vectors), limit=limit, ef=ef)
+                results = self.store.search(
+                    np.stack(vectors), limit=limit, ef=ef, filter=tag_filter
+                )
             except ValueError as exc:  # the dimension got fixed by an /index running meanwhile
                 results = [[]] * len(queries)
                 set_errors(queries, [str(exc)] * len(queries))

@@ -20,7 +20,7 @@ from search.documents import Document
 NOT_OWNER = "not this shard's id (a sharded HNSWIndexer needs MatchMerger as uses_after)"
 OWNER_DID_NOT_ANSWER = "the shard that owns this id did not answer"
 UNKNOWN_ID = "unknown id"
-_SUMMED_STATUS = ("count", "deleted_slots", "capacity")
+_SUMMED_STATUS = ("count", "deleted_slots", "capacity", "thumbnails", "thumbnail_bytes")
 
 
 def owner_shard(doc_id: str, shards: int) -> int:
@@ -98,5 +98,20 @@ def merge_status(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
     info = {k: v for k, v in infos[0].items() if k not in ("seq", "snapshot_seq")}
     info.update({key: sum(i.get(key) or 0 for i in infos) for key in _SUMMED_STATUS})
     info["dim"] = next((i["dim"] for i in infos if i.get("dim")), None)
-    info["shards"] = list(infos)
+    info["tags"] = merge_tag_summaries([i.get("tags") or {} for i in infos])
+    info["shards"] = [{k: v for k, v in i.items() if k != "tags"} for i in infos]
     return info
+
+
+def merge_tag_summaries(summaries: Sequence[dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The shards' tag summaries as one: values in first-seen order, the widest range."""
+    out: dict[str, dict[str, Any]] = {}
+    for summary in summaries:
+        for field, part in summary.items():
+            merged = out.setdefault(field, {})
+            if "values" in part:
+                merged["values"] = list(dict.fromkeys([*merged.get("values", []), *part["values"]]))
+            for key, pick in (("min", min), ("max", max)):
+                if key in part:
+                    merged[key] = pick(part[key], merged.get(key, part[key]))
+    return out

@@ -176,3 +176,35 @@ def test_thumbnails_and_more_like_this_through_the_flow(host, photos):
         assert len(like) == 2 and "a/img0.png" not in [h.id for h in like]
         with pytest.raises(ClientError, match="nope.png: unknown id"):
             client.search(like="nope.png")
+
+
+@pytest.mark.slow
+def test_a_product_csv_indexes_its_extra_columns_as_tags_to_filter_on(flow, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    rows = [
+        ("shirt", "Men", "red", "19.5"),
+        ("dress", "Women", "red", "49"),
+        ("coat", "Men", "navy", "120"),
+    ]
+    with open(tmp_path / "products.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption", "gender", "colour", "price"])
+        for i, (name, gender, colour, price) in enumerate(rows):
+            Image.new("RGB", (32, 32), COLOURS[i]).save(images / f"{name}.png")
+            writer.writerow(
+                [f"images/{name}.png", f"a {colour} {name}, for {gender}", gender, colour, price]
+            )
+    code, out, _ = cli(capsys, "--host", flow.grpc, "index", str(tmp_path / "products.csv"))
+    assert code == 0 and "indexed 3 of 3" in out
+    for host in (flow.grpc, flow.http):
+        with SearchClient(host) as client:
+            hits = client.search(text="a red shirt", filter={"colour": "red", "price": {"$lt": 50}})
+            assert sorted(h.id for h in hits) == ["images/dress.png", "images/shirt.png"]
+            assert {h.text for h in hits} == {"a red shirt, for Men", "a red dress, for Women"}
+            [coat] = client.search(text="a coat", filter={"gender": "Men", "price": {"$gt": 100}})
+            assert coat.tags == {"gender": "Men", "colour": "navy", "price": 120}
+            with pytest.raises(ClientError, match=r"filter.price: \$lt needs a number"):
+                client.search(text="a coat", filter={"price": {"$lt": "cheap"}})
+            tags = client.status()["tags"]
+            assert set(tags) >= {"gender", "colour", "price"} and tags["price"]["max"] >= 120

@@ -528,3 +528,23 @@ def test_sharded_flow_returns_the_global_top_k_and_upserts_by_id(tmp_path):
             )
             assert [(d.id, d.error) for d in got] == [("d9", None), ("d0", "unknown id")]
             np.testing.assert_allclose(got[0].embedding, normed[9], atol=1e-6)
+
+
+def test_two_shards_filter_on_every_shard_and_merge(two_shards):
+    x = vectors(40, seed=3)
+    batch = [
+        SearchDoc(id=f"d{i}", embedding=v, tags={"colour": ["red", "blue"][i % 2], "price": i})
+        for i, v in enumerate(x)
+    ]
+    assert all(d.error is None for d in post(two_shards, "/index", batch))
+    wanted = {"colour": "red", "price": {"$gte": 10, "$lt": 30}}  # d10, d12, ..., d28
+    [answer] = post(two_shards, "/search", [SearchDoc(embedding=x[0])], limit=50, filter=wanted)
+    assert sorted(int(m.id[1:]) for m in answer.matches) == list(range(10, 30, 2))
+    assert all(m.tags["colour"] == "red" and 10 <= m.tags["price"] < 30 for m in answer.matches)
+    [bad] = post(two_shards, "/search", [SearchDoc(embedding=x[0])], filter={"price": {"$lt": "x"}})
+    assert bad.error == 'filter.price: $lt needs a number, got "x"' and not bad.matches
+    infos = [s.status(docs=DocList[StatusDoc]())[0].info for s in two_shards]
+    info = MatchMerger().merge_status(docs=[], docs_matrix=[[StatusDoc(info=i)] for i in infos])
+    tags = info[0].info["tags"]
+    assert sorted(tags["colour"]["values"]) == ["blue", "red"]
+    assert (tags["price"]["min"], tags["price"]["max"]) == (0, 39)

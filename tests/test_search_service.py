@@ -149,6 +149,32 @@ def test_bad_ids_are_refused_per_document(service, bad_id, expected):
     assert expected in deleted.error and service.status()["count"] == 1
 
 
+def test_filtered_search_and_the_tags_summary(service):
+    service.index(
+        [
+            Document(id=name, blob=png(rgb), tags={"colour": name, "price": price, "sale": on_sale})
+            for (name, rgb), price, on_sale in zip(
+                COLOURS.items(), (10, 25, 40), (True, False, True), strict=True
+            )
+        ]
+    )
+
+    def ids(**flt):
+        return sorted(m.id for m in service.search(text="a square", filter=flt))
+
+    assert ids(colour="red") == ["red"]
+    assert ids(colour={"$in": ["red", "blue"]}) == ["blue", "red"]
+    assert ids(price={"$gt": 10, "$lte": 40}) == ["blue", "green"]
+    assert ids(sale=True, price={"$lt": 30}) == ["red"]
+    assert ids(colour="purple") == []
+    with pytest.raises(SearchError, match=r"filter.colour: unknown operator \$regex"):
+        service.search(text="a square", filter={"colour": {"$regex": "r.*"}})
+    tags = service.status()["tags"]
+    assert sorted(tags["colour"]["values"]) == ["blue", "green", "red"]
+    assert tags["price"] == {"min": 10.0, "max": 40.0}
+    assert sorted(tags["sale"]["values"]) == [False, True]
+
+
 def test_the_core_runs_without_jina_or_docarray(tmp_path):
     code = textwrap.dedent(
         f"""
