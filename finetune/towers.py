@@ -34,6 +34,7 @@ from finetune.models import (
     tokenizer_for,
     write_json,
 )
+from finetune.text_length import encode_text, supports_trimming
 
 TOWER_FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -133,6 +134,14 @@ class TextTower(Tower):
         super().__init__(module, embed_dim, config)
         self.tokenizer = tokenizer
         self.context_length = config.get("context_length") or _context_length(config["model_cfg"])
+        # causal mask + argmax pooling: the padding after the last end-of-text token is cut off
+        self.trims = supports_trimming(config["model_cfg"])
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.trims:
+            return super().forward(tokens)
+        model = self.module.model if isinstance(self.module, _FullModelText) else self.module
+        return F.normalize(encode_text(model, tokens).float(), dim=-1)
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         # open_clip's tokenizers truncate to the context length (keeping the end-of-text token)
