@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -125,6 +126,37 @@ def evaluate_bundle(
         progress=progress,
         real_length=supports_trimming(bundle.model_cfg),
     )
+
+
+def evaluate_towers(
+    text_tower: Any,
+    vision_tower: Any,
+    data: PairSet,
+    recall_k: Sequence[int] = DEFAULT_RECALL_K,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Recall@k both ways with two loaded towers of any runtime (torch, onnx, onnx-int8).
+
+    The towers only need `encode(items, batch_size)`, as `finetune.towers.load_tower` returns.
+    """
+    images, captions, text_to_image = data.retrieval_view()
+    image_emb = _encode_in_batches(vision_tower, images, batch_size, "embed images", progress)
+    text_emb = _encode_in_batches(text_tower, captions, batch_size, "embed texts", progress)
+    metrics = retrieval_metrics(image_emb, text_emb, text_to_image, recall_k)
+    metrics.update(n_images=len(images), n_texts=len(captions))
+    return metrics
+
+
+def _encode_in_batches(
+    tower: Any, items: Sequence[Any], batch_size: int, desc: str, progress: bool
+) -> np.ndarray:
+    starts = range(0, len(items), batch_size)
+    chunks = [
+        tower.encode(items[start : start + batch_size], batch_size=batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, tower.embed_dim), np.float32)
 
 
 def default_workers() -> int:

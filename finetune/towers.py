@@ -34,6 +34,7 @@ from finetune.models import (
     tokenizer_for,
     write_json,
 )
+from finetune.onnx_export import RUNTIMES
 from finetune.text_length import encode_text, supports_trimming
 
 TOWER_FORMAT_VERSION = 1
@@ -94,6 +95,7 @@ class Tower(nn.Module):
     """Common part of the two towers: device, precision, minibatched no-grad encoding."""
 
     kind: str
+    runtime = "torch"
 
     def __init__(self, module: nn.Module, embed_dim: int, config: dict[str, Any]):
         super().__init__()
@@ -169,17 +171,33 @@ class VisionTower(Tower):
 
 
 def load_tower(
-    source: str | os.PathLike, tower: str, device: str | torch.device = "cpu"
-) -> TextTower | VisionTower:
+    source: str | os.PathLike,
+    tower: str,
+    device: str | torch.device = "cpu",
+    runtime: str = "torch",
+) -> TextTower | VisionTower | Any:
     """Load one tower from a tower folder, a run folder, or a `NAME[#PRETRAINED]` spec.
 
     From a tower or run folder only that tower is built and only its weights are read.
+    `runtime` 'onnx' or 'onnx-int8' loads the folder's exported ONNX graph instead (see
+    `finetune.onnx_runtime`; same `kind`, `embed_dim`, `config`, `prepare`, `encode`).
     """
     if tower not in TOWER_NAMES:
         raise ValueError(f"tower must be one of {TOWER_NAMES}, got {tower!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     source_path = Path(os.fspath(source))
     if is_run_dir(source_path):
         source_path = source_path / tower
+    if runtime != "torch":
+        if not (source_path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the {runtime} runtime needs a run or tower folder exported with `python -m "
+                f"finetune export FOLDER --onnx`; {source_path} is not one"
+            )
+        from finetune.onnx_runtime import load_onnx_tower  # onnxruntime only when asked for
+
+        return load_onnx_tower(source_path, tower, runtime=runtime, device=device)
     if (source_path / WEIGHTS_FILE).is_file():
         return _load_tower_folder(source_path, tower, device)
     if source_path.exists():
