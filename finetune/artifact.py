@@ -37,6 +37,11 @@ TEXT_TOWER = "clip-text"
 VISION_TOWER = "clip-vision"
 TOWER_NAMES = (TEXT_TOWER, VISION_TOWER)
 TOWER_FORMAT_VERSION = 1
+# Exported beside the weights by `python -m finetune export` (see finetune.onnx_export).
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
+ONNX_FILES = {"onnx": ONNX_FILE, "onnx-int8": ONNX_INT8_FILE}
+RUNTIMES = ("torch", *ONNX_FILES)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:

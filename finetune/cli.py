@@ -17,7 +17,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from finetune import atomic
 from finetune.api import evaluate
+from finetune.artifact import RUNTIMES
 from finetune.compare import compare
+from finetune.onnx_export import export_onnx
 from finetune.report import to_markdown
 from finetune.train import FitConfig, fit
 
@@ -175,7 +177,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", default="runs/compare", help="report folder (default: runs/compare)"
     )
     _add_fit_arguments(cmp, exclude=COMPARE_OWN)
+    _add_export_parser(sub, ev)
     return parser
+
+
+def _add_export_parser(sub: Any, ev: argparse.ArgumentParser) -> None:
+    """`export` subcommand, and `eval --runtime` to evaluate what it exported."""
+    ev.add_argument(
+        "--runtime",
+        default="torch",
+        choices=RUNTIMES,
+        help="torch, or the run's exported onnx / onnx-int8 towers (see `export`)",
+    )
+    export = sub.add_parser(
+        "export",
+        help="export a run's towers (or one tower folder) to ONNX for the onnx runtimes",
+        description="Writes model.onnx (and with --int8 model.int8.onnx, int8 weights) into "
+        "each tower folder, beside model.safetensors. Needs pip install -e '.[onnx]'.",
+    )
+    export.add_argument("source", help="run folder or tower folder (clip-text/, clip-vision/)")
+    export.add_argument("--onnx", action="store_true", required=True, help="export to ONNX")
+    export.add_argument("--int8", action="store_true", help="also write the int8-quantised graph")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,6 +236,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         split=args.split,
         image_root=args.image_root,
         prompt=args.prompt,
+        runtime=args.runtime,
     )
     text = json.dumps(metrics, indent=2)
     print(text)
@@ -232,9 +255,16 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_export(args: argparse.Namespace) -> int:
+    written = export_onnx(args.source, int8=args.int8, report=lambda line: print(line, flush=True))
+    print(json.dumps([str(p) for p in written], indent=2))
+    return 0
+
+
 COMPARE_OWN = ("model", "train_data", "eval_data", "output", "resume", "split", "eval_split")
 COMMANDS = {
     "fit": _run_fit,
     "eval": _run_eval,
     "compare": _run_compare,
+    "export": _run_export,
 }

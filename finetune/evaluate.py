@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from finetune.data import PairSet
 from finetune.images import load_image
 from finetune.metrics import retrieval_metrics
 from finetune.models import CLIPBundle
+from finetune.text_length import encode_text, supports_trimming
 
 DEFAULT_RECALL_K = (1, 5, 10)
 
@@ -56,12 +58,19 @@ def embed_texts(
     device: torch.device,
     batch_size: int = 256,
     progress: bool = False,
+    real_length: bool = False,
 ) -> np.ndarray:
+    """L2-normalised text embeddings; `real_length` runs the text tower at each batch's real
+    length (only for models `supports_trimming` allows)."""
     chunks = []
     starts = range(0, len(texts), batch_size)
     for start in tqdm(starts, desc="embed texts", disable=not progress, leave=False):
         tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
-        chunks.append(model.encode_text(tokens, normalize=True).float().cpu())
+        if real_length:
+            features = encode_text(model, tokens, normalize=True)
+        else:
+            features = model.encode_text(tokens, normalize=True)
+        chunks.append(features.float().cpu())
     return torch.cat(chunks).numpy()
 
 
@@ -75,14 +84,20 @@ def evaluate_model(
     batch_size: int = 64,
     workers: int = 0,
     progress: bool = False,
+    real_length: bool = False,
 ) -> dict[str, float]:
-    """Recall@k both ways on `data` (several captions per image are grouped by image)."""
+    """Recall@k both ways on `data` (several captions per image are grouped by image).
+
+    `real_length`: run the text tower at each batch's real length (see `finetune.text_length`).
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
     images, captions, text_to_image = data.retrieval_view()
     image_emb = embed_images(model, images, preprocess, device, batch_size, workers, progress)
-    text_emb = embed_texts(model, captions, tokenizer, device, progress=progress)
+    text_emb = embed_texts(
+        model, captions, tokenizer, device, progress=progress, real_length=real_length
+    )
     model.train(was_training)
     metrics = retrieval_metrics(image_emb, text_emb, text_to_image, recall_k)
     metrics.update(n_images=len(images), n_texts=len(captions))
@@ -109,7 +124,39 @@ def evaluate_bundle(
         batch_size=batch_size,
         workers=workers,
         progress=progress,
+        real_length=supports_trimming(bundle.model_cfg),
     )
+
+
+def evaluate_towers(
+    text_tower: Any,
+    vision_tower: Any,
+    data: PairSet,
+    recall_k: Sequence[int] = DEFAULT_RECALL_K,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Recall@k both ways with two loaded towers of any runtime (torch, onnx, onnx-int8).
+
+    The towers only need `encode(items, batch_size)`, as `finetune.towers.load_tower` returns.
+    """
+    images, captions, text_to_image = data.retrieval_view()
+    image_emb = _encode_in_batches(vision_tower, images, batch_size, "embed images", progress)
+    text_emb = _encode_in_batches(text_tower, captions, batch_size, "embed texts", progress)
+    metrics = retrieval_metrics(image_emb, text_emb, text_to_image, recall_k)
+    metrics.update(n_images=len(images), n_texts=len(captions))
+    return metrics
+
+
+def _encode_in_batches(
+    tower: Any, items: Sequence[Any], batch_size: int, desc: str, progress: bool
+) -> np.ndarray:
+    starts = range(0, len(items), batch_size)
+    chunks = [
+        tower.encode(items[start : start + batch_size], batch_size=batch_size)
+        for start in tqdm(starts, desc=desc, disable=not progress, leave=False)
+    ]
+    return np.concatenate(chunks) if chunks else np.zeros((0, tower.embed_dim), np.float32)
 
 
 def default_workers() -> int:

@@ -21,7 +21,9 @@ from PIL import Image
 from torch import nn
 
 from finetune.artifact import (
+    RUNTIMES,
     TEXT_TOWER,
+    TOWER_CONFIG,
     TOWER_NAMES,
     VISION_TOWER,
     context_length,
@@ -33,12 +35,15 @@ from finetune.artifact import (
 )
 from finetune.images import load_image
 from finetune.models import CLIPBundle, tokenizer_for
+from finetune.onnx_runtime import load_onnx_tower
+from finetune.text_length import encode_text, supports_trimming
 
 
 class Tower(nn.Module):
     """Common part of the two towers: device, precision, minibatched no-grad encoding."""
 
     kind: str
+    runtime = "torch"
 
     def __init__(self, module: nn.Module, embed_dim: int, config: dict[str, Any]):
         super().__init__()
@@ -79,6 +84,14 @@ class TextTower(Tower):
         super().__init__(module, embed_dim, config)
         self.tokenizer = tokenizer
         self.context_length = config.get("context_length") or context_length(config["model_cfg"])
+        # causal mask + argmax pooling: the padding after the last end-of-text token is cut off
+        self.trims = supports_trimming(config["model_cfg"])
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.trims:
+            return super().forward(tokens)
+        model = self.module.model if isinstance(self.module, _FullModelText) else self.module
+        return F.normalize(encode_text(model, tokens).float(), dim=-1)
 
     def prepare(self, texts: Sequence[str]) -> torch.Tensor:
         # open_clip's tokenizers truncate to the context length (keeping the end-of-text token)
@@ -104,17 +117,31 @@ class VisionTower(Tower):
 
 
 def load_tower(
-    source: str | os.PathLike, tower: str, device: str | torch.device = "cpu"
-) -> TextTower | VisionTower:
+    source: str | os.PathLike,
+    tower: str,
+    device: str | torch.device = "cpu",
+    runtime: str = "torch",
+) -> TextTower | VisionTower | Any:
     """Load one tower from a tower folder, a run folder, or a `NAME[#PRETRAINED]` spec.
 
     From a tower or run folder only that tower is built and only its weights are read.
+    `runtime` 'onnx' or 'onnx-int8' loads the folder's exported ONNX graph instead (see
+    `finetune.onnx_runtime`; same `kind`, `embed_dim`, `config`, `prepare`, `encode`).
     """
     if tower not in TOWER_NAMES:
         raise ValueError(f"tower must be one of {TOWER_NAMES}, got {tower!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     source_path = Path(os.fspath(source))
     if is_run_dir(source_path):
         source_path = source_path / tower
+    if runtime != "torch":
+        if not (source_path / TOWER_CONFIG).is_file():
+            raise FileNotFoundError(
+                f"the {runtime} runtime needs a run or tower folder exported with `python -m "
+                f"finetune export FOLDER --onnx`; {source_path} is not one"
+            )
+        return load_onnx_tower(source_path, tower, runtime=runtime, device=device)
     if is_tower_dir(source_path):
         return _load_tower_folder(source_path, tower, device)
     if source_path.exists():

@@ -34,6 +34,7 @@ from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pai
 from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import LOSSES, create_loss
 from finetune.models import CLIPBundle
+from finetune.text_length import RealLengthCLIP, supports_trimming, trimmed_collate
 
 log = logging.getLogger("finetune")
 
@@ -302,10 +303,14 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     sampler = DistributedSampler(
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed
     )
+    # Causal mask + argmax pooling: each text batch is cut to its longest caption, and the model
+    # forward runs the text tower at that length (same loss and gradients, less work).
+    real_length = supports_trimming(bundle.model_cfg)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size // env.world_size // cfg.grad_accum_steps or 1,
         sampler=sampler,
+        collate_fn=trimmed_collate if real_length else None,
         num_workers=workers,
         pin_memory=env.device.type == "cuda",
         persistent_workers=workers > 0,
@@ -323,12 +328,13 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
             out / CHECKPOINT, model, optimizer, scaler
         )
         log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
+    train_model = RealLengthCLIP(model) if real_length else model
     ddp_model = (
         DistributedDataParallel(
-            model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
+            train_model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
         )
         if env.world_size > 1
-        else model
+        else train_model
     )
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
