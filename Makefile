@@ -34,9 +34,28 @@ test-fast: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m demo run --output runs/demo
 
-# The search service on the demo's towers (override with TEXT_TOWER=..., VISION_TOWER=..., see flow.yml).
+# The search service on the demo's towers (override with TEXT_TOWER=..., VISION_TOWER=..., see
+# flow.yml) and its search page (http://127.0.0.1:51002, UI_PORT=... to move it): the Flow runs
+# in the background in its own process group, the page in the foreground once the Flow answers;
+# Ctrl-C (or the page stopping) stops both.
+serve: SHELL := /bin/bash
 serve: $(STAMP)
-	$(BIN)/jina flow --uses flow.yml
+	@set -m; $(BIN)/jina flow --uses flow.yml & flow=$$!; \
+	trap 'kill -INT -- -$$flow 2>/dev/null; wait $$flow' EXIT; trap 'exit 130' INT TERM; \
+	host=grpc://127.0.0.1:$${GRPC_PORT:-51000}; \
+	echo "waiting for the Flow ($$host) ..."; \
+	for i in $$(seq 300); do \
+	  kill -0 $$flow 2>/dev/null || { echo "the Flow exited, see above" >&2; exit 1; }; \
+	  $(BIN)/python -m client --host $$host --timeout 5 status >/dev/null 2>&1; st=$$?; \
+	  [ $$st -eq 0 ] && break; [ $$st -ge 128 ] && exit $$st; \
+	  sleep 1 || exit 130; \
+	done; \
+	$(BIN)/python -m client --host $$host ui
+
+# Only the search page, for a Flow already running (SEARCH_HOST=grpc://HOST:PORT to point it).
+.PHONY: ui
+ui: $(STAMP)
+	$(BIN)/python -m client ui
 
 # Rebuilds the committed base model (demo/assets/base-model) from random init.
 base-model: $(STAMP)

@@ -7,6 +7,7 @@
     python -m client delete cats/1.jpg dogs/7.png
     python -m client status
     python -m client --host http://127.0.0.1:51001 status
+    python -m client ui                                 # the search page, http://127.0.0.1:51002
 
 Exit status: 0 on success, 1 when some documents failed (listed at the end) or ids were
 unknown, 2 on a usage error or when the service cannot be reached.
@@ -55,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", metavar="ID")
 
     sub.add_parser("status", help="show the index's counts and parameters")
+
+    p = sub.add_parser("ui", help="serve the search page (read-only) in a browser")
+    p.add_argument(
+        "--ui-host", default="127.0.0.1", help="address the page listens on (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--ui-port",
+        type=int,
+        default=int(os.environ.get("UI_PORT", "51002")),
+        help="port of the page (default: $UI_PORT or 51002)",
+    )
     return parser
 
 
@@ -125,6 +137,14 @@ def cmd_status(client: SearchClient, args: argparse.Namespace, parser) -> int:
     return 0
 
 
+def cmd_ui(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    # imported here: the other commands need no web server
+    from client.ui import serve
+
+    serve(args.host, ui_host=args.ui_host, ui_port=args.ui_port)
+    return 0
+
+
 def _print_failures(failed: list[Outcome]) -> None:
     if not failed:
         return
@@ -136,3 +156,4 @@ def _print_failures(failed: list[Outcome]) -> None:
 
 
 COMMANDS = {"index": cmd_index, "search": cmd_search, "delete": cmd_delete, "status": cmd_status}
+COMMANDS["ui"] = cmd_ui
