@@ -34,8 +34,10 @@ def flow_env(
     workspace: str | os.PathLike,
     image_root: str | os.PathLike,
     torch_threads: int | None = None,
+    runtime: str = "torch",
 ) -> dict[str, str]:
-    """Environment for a Flow on 127.0.0.1 and free ports, serving the towers of `run_dir`."""
+    """Environment for a Flow on 127.0.0.1 and free ports, serving the towers of `run_dir`
+    on `runtime` (torch, onnx, onnx-int8)."""
     env = {
         "GRPC_PORT": str(free_port()),
         "HTTP_PORT": str(free_port()),
@@ -44,6 +46,7 @@ def flow_env(
         "TEXT_TOWER": str(Path(run_dir) / "clip-text"),
         "VISION_TOWER": str(Path(run_dir) / "clip-vision"),
         "IMAGE_ROOTS": str(image_root),
+        "ENCODER_RUNTIME": runtime,
     }
     if torch_threads:
         env["TORCH_THREADS"] = str(torch_threads)

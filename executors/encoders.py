@@ -29,10 +29,11 @@ class _EncoderExecutor(Executor):
     """Settings from the Flow YAML in, the core encoder's work on each request's documents."""
 
     def encoder_options(
-        self, device: str, dtype: str, minibatch_size: int, num_threads: int | None
+        self, device: str, dtype: str, minibatch_size: int, num_threads: int | None, runtime: str
     ) -> dict[str, Any]:
         replicas = getattr(self.runtime_args, "replicas", 1) or 1
         return {
+            "runtime": setting(runtime, FLOW_ENV_DEFAULTS["ENCODER_RUNTIME"]),
             "device": setting(device, "auto"),
             "dtype": setting(dtype, "auto"),
             "minibatch_size": int(setting(minibatch_size, DEFAULT_MINIBATCH)),
@@ -68,12 +69,13 @@ class CLIPTextEncoder(_EncoderExecutor):
         dtype: str = "auto",
         minibatch_size: int = DEFAULT_MINIBATCH,
         num_threads: int | None = None,
+        runtime: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
         self.encoder = TextEncoder(
             str(setting(tower, FLOW_ENV_DEFAULTS["TEXT_TOWER"])),
-            **self.encoder_options(device, dtype, minibatch_size, num_threads),
+            **self.encoder_options(device, dtype, minibatch_size, num_threads, runtime),
         )
 
     @requests(on=INDEX)
@@ -109,6 +111,7 @@ class CLIPImageEncoder(_EncoderExecutor):
         dtype: str = "auto",
         minibatch_size: int = DEFAULT_MINIBATCH,
         num_threads: int | None = None,
+        runtime: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -121,7 +124,7 @@ class CLIPImageEncoder(_EncoderExecutor):
         self.encoder = ImageEncoder(
             str(setting(tower, FLOW_ENV_DEFAULTS["VISION_TOWER"])),
             policy=policy,
-            **self.encoder_options(device, dtype, minibatch_size, num_threads),
+            **self.encoder_options(device, dtype, minibatch_size, num_threads, runtime),
         )
 
     @requests(on=INDEX)

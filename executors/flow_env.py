@@ -27,6 +27,7 @@ FLOW_SETTINGS: dict[str, tuple[str, str]] = {
     "VISION_TOWER": ("runs/demo/clip-vision", "vision tower, likewise"),
     "IMAGE_ROOTS": ("", "folders image uris may point into (':'-separated); none: no files"),
     "TORCH_THREADS": ("", "torch threads per encoder process on a CPU host (CPUs / replicas)"),
+    "ENCODER_RUNTIME": ("torch", "torch, onnx or onnx-int8 (towers exported by finetune export)"),
 }
 FLOW_ENV_DEFAULTS = {name: default for name, (default, _) in FLOW_SETTINGS.items()}
 

@@ -58,7 +58,9 @@ def torch_threads(replicas: int = 1, cpu_count: int | None = None) -> int:
 class TowerEncoder:
     """Loads one tower and embeds the documents a subclass accepts, minibatch by minibatch.
 
-    `num_threads` (CPU only): torch's intra-op threads for this process; None leaves torch's.
+    `num_threads` (CPU only): torch's intra-op threads for this process (ONNX Runtime takes
+    the same); None leaves torch's. `runtime`: `torch`, or the tower folder's exported `onnx`
+    / `onnx-int8` graph (`python -m finetune export RUN --onnx --int8`).
     """
 
     kind: str
@@ -71,14 +73,17 @@ class TowerEncoder:
         dtype: str = "auto",
         minibatch_size: int = DEFAULT_MINIBATCH,
         num_threads: int | None = None,
+        runtime: str = "torch",
     ):
         self.device = resolve_device(device)
         if self.device.type == "cpu" and num_threads:
             torch.set_num_threads(int(num_threads))
         self.tower_source = os.fspath(tower)
         check_tower_source(self.tower_source, self.kind, self.env_name)
-        self.tower = load_tower(self.tower_source, self.kind, self.device)
-        self.tower.module.to(resolve_dtype(self.device, dtype))
+        self.runtime = runtime
+        self.tower = load_tower(self.tower_source, self.kind, self.device, runtime=runtime)
+        if runtime == "torch":
+            self.tower.module.to(resolve_dtype(self.device, dtype))
         if minibatch_size < 1:
             raise ValueError(f"minibatch_size must be >= 1, got {minibatch_size}")
         self.minibatch_size = int(minibatch_size)

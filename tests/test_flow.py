@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from client.wire import SEARCH_IMAGE, SearchDoc, StatusDoc
 from demo import BASE_MODEL_DIR, REPO, served_flow
 from demo.served_flow import ServedFlow
 from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS
+from finetune.onnx_export import export_onnx
 from search.index import IMAGE, TEXT, WRONG_MODALITY
 
 COLOURS = {
@@ -348,6 +350,25 @@ def test_sharded_replicated_flow_answers_like_the_plain_one(trained_run, shapes,
         scaled.stop()
 
 
+@pytest.mark.slow
+def test_the_flow_serves_the_int8_onnx_towers(trained_run, shapes, tmp_path):
+    """ENCODER_RUNTIME=onnx-int8: the same Flow on the towers' exported int8 graphs."""
+    assert PLAIN_RESULTS, "runs after test_each_caption_finds_its_image_first_over_grpc_and_http"
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    export_onnx(run, int8=True, report=lambda line: None)
+    env = served_flow.flow_env(run, tmp_path / "ws", shapes / "images", 1, runtime="onnx-int8")
+    with ServedFlow("flow.yml", env, tmp_path / "flow.log") as served:
+        assert [d.error for d in index_shapes(served.grpc, shapes)] == [None] * 16
+        texts = list(PLAIN_RESULTS)
+        firsts = [d.matches[0].id for d in grpc_search(served.grpc, texts, 1)]
+        right = sum(first == PLAIN_RESULTS[t][0][0] for first, t in zip(firsts, texts, strict=True))
+        assert right >= len(texts) - 1  # int8 may reorder a near tie, not much more
+        name = sorted(captions(shapes))[5]
+        hits = SearchClient(served.grpc).search(image=shapes / "images" / name, limit=3)
+        assert hits[0].id == name and hits[0].score > 0.99
+
+
 # --- configuration, without starting anything -------------------------------------------------
 
 
@@ -386,6 +407,7 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
         "VISION_TOWER": "/towers/vision",
         "IMAGE_ROOTS": "/data/a:/data/b",
         "TORCH_THREADS": "3",
+        "ENCODER_RUNTIME": "onnx-int8",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -393,7 +415,11 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
     f.build()
     assert f["gateway"].args.port == [52011, 52012] and f["gateway"].args.host == "127.0.0.1"
     assert f.workspace == str(tmp_path)
-    assert f["text_encoder"].args.uses_with == {"tower": "/towers/text", "num_threads": 3}
+    assert f["text_encoder"].args.uses_with == {
+        "tower": "/towers/text",
+        "num_threads": 3,
+        "runtime": "onnx-int8",
+    }
     assert f["image_encoder"].args.uses_with["allowed_roots"] == "/data/a:/data/b"
     assert f["image_encoder"].args.uses_with["allow_remote"] is False
 

@@ -4,7 +4,9 @@ one process, with no jina (checked in a fresh interpreter), and the sharding rul
 from __future__ import annotations
 
 import base64
+import copy
 import io
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,6 +16,7 @@ import pytest
 from PIL import Image
 
 from demo import BASE_MODEL_DIR, REPO
+from finetune.onnx_export import export_onnx
 from search.documents import Document, Match
 from search.hnsw_store import HNSWStore
 from search.index import Index
@@ -173,6 +176,27 @@ def test_filtered_search_and_the_tags_summary(service):
     assert sorted(tags["colour"]["values"]) == ["blue", "green", "red"]
     assert tags["price"] == {"min": 10.0, "max": 40.0}
     assert sorted(tags["sale"]["values"]) == [False, True]
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+def test_the_service_on_exported_onnx_towers(tmp_path, runtime):
+    run = tmp_path / "run"
+    shutil.copytree(BASE_MODEL_DIR, run)
+    export_onnx(run, int8=runtime == "onnx-int8", report=lambda line: None)
+    docs = [Document(id=name, blob=png(rgb)) for name, rgb in COLOURS.items()]
+    with (
+        SearchService.open(run, tmp_path / "ws", num_threads=1, runtime=runtime) as onnx,
+        SearchService.open(run, tmp_path / "ws-torch", num_threads=1) as torch,
+    ):
+        assert onnx.text_encoder.runtime == onnx.image_encoder.runtime == runtime
+        assert all(d.error is None for d in onnx.index(copy.deepcopy(docs)))
+        torch.index(docs)
+        for query in ("a red square", "a blue square"):
+            got, expected = onnx.search(text=query, limit=3), torch.search(text=query, limit=3)
+            assert [m.id for m in got] == [m.id for m in expected]
+            np.testing.assert_allclose(
+                [m.score for m in got], [m.score for m in expected], atol=0.02
+            )
 
 
 def test_the_core_runs_without_jina_or_docarray(tmp_path):
