@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,10 @@ from typing import Any
 import open_clip
 import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
-from torch import nn
+from PIL import Image
+from torch import Tensor, nn
+
+from finetune.images import load_image
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +62,24 @@ class CLIPBundle:
     tokenizer: Callable[[list[str]], torch.Tensor]
 
     def preprocess(self, train: bool = False) -> Callable:
-        return image_transform_v2(PreprocessCfg(**self.preprocess_cfg), is_train=train)
+        return image_transform(self.preprocess_cfg, train=train)
 
     @property
     def spec(self) -> str:
         return str(ModelSpec(self.model_name, self.pretrained))
+
+
+def image_transform(preprocess_cfg: dict[str, Any], train: bool = False) -> Callable:
+    """open_clip's image preprocessing for a model's `preprocess_cfg` (training augmentation
+    with `train`)."""
+    return image_transform_v2(PreprocessCfg(**preprocess_cfg), is_train=train)
+
+
+def pixel_batch(transform: Callable, images: Sequence[Image.Image | str | os.PathLike]) -> Tensor:
+    """One batch of preprocessed pixels from PIL images or image files."""
+    return torch.stack(
+        [transform(img if isinstance(img, Image.Image) else load_image(img)) for img in images]
+    )
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
 from finetune.artifact import (
@@ -26,8 +25,7 @@ from finetune.artifact import (
     context_length,
     read_tower_config,
 )
-from finetune.images import load_image
-from finetune.models import tokenizer_for
+from finetune.models import image_transform, pixel_batch, tokenizer_for
 from finetune.text_length import supports_trimming, trim_tokens
 
 INSTALL_HINT = "pip install -e '.[onnx]'"
@@ -115,17 +113,10 @@ class OnnxVisionTower(OnnxTower):
 
     def __init__(self, session, config, runtime, path):
         super().__init__(session, config, runtime, path)
-        self.preprocess = image_transform_v2(
-            PreprocessCfg(**config["preprocess_cfg"]), is_train=False
-        )
+        self.preprocess = image_transform(config["preprocess_cfg"])
 
     def prepare(self, images: Sequence[Image.Image | str | os.PathLike]) -> torch.Tensor:
-        return torch.stack(
-            [
-                self.preprocess(img if isinstance(img, Image.Image) else load_image(img))
-                for img in images
-            ]
-        )
+        return pixel_batch(self.preprocess, images)
 
     def _feed(self, pixels: torch.Tensor) -> np.ndarray:
         return pixels.to(torch.float32).numpy()

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from open_clip.model import _build_text_tower, _build_vision_tower, get_cast_dtype
-from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from torch import nn
 
@@ -33,8 +32,7 @@ from finetune.artifact import (
     read_tower_config,
     read_tower_state,
 )
-from finetune.images import load_image
-from finetune.models import CLIPBundle, tokenizer_for
+from finetune.models import CLIPBundle, image_transform, pixel_batch, tokenizer_for
 from finetune.onnx_runtime import load_onnx_tower
 from finetune.text_length import encode_text, supports_trimming
 
@@ -103,17 +101,10 @@ class VisionTower(Tower):
 
     def __init__(self, module, embed_dim, config):
         super().__init__(module, embed_dim, config)
-        self.preprocess = image_transform_v2(
-            PreprocessCfg(**config["preprocess_cfg"]), is_train=False
-        )
+        self.preprocess = image_transform(config["preprocess_cfg"])
 
     def prepare(self, images: Sequence[Image.Image | str | os.PathLike]) -> torch.Tensor:
-        return torch.stack(
-            [
-                self.preprocess(img if isinstance(img, Image.Image) else load_image(img))
-                for img in images
-            ]
-        )
+        return pixel_batch(self.preprocess, images)
 
 
 def load_tower(
