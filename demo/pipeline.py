@@ -19,10 +19,12 @@ from typing import Any
 from demo import BASE_MODEL_DIR
 from demo.sample_data import generate_sample_data
 from demo.search import search_demo
-from finetune.artifact import RUN_CONFIG, TOWER_NAMES
+from finetune.api import evaluate
+from finetune.artifact import RUN_CONFIG, RUNTIMES, TOWER_NAMES
 from finetune.atomic import read_json, write_json
 from finetune.compare import DatasetSpec, compare_one
-from finetune.report import to_markdown, write_report
+from finetune.onnx_export import export_onnx
+from finetune.report import runtime_table, to_markdown, write_report
 from finetune.train import CHECKPOINT, FitConfig, fit
 
 log = logging.getLogger("finetune")
@@ -100,25 +102,34 @@ def run_demo(
     if not (Path(base_model) / RUN_CONFIG).is_file():
         raise FileNotFoundError(f"base model {base_model} not found: run `make base-model` first")
     timings: dict[str, float] = {}
-    with stage("1/4 make the target-domain sample data", timings):
+    with stage("1/5 make the target-domain sample data", timings):
         data = generate_sample_data(
             out_dir=output / "data", progress=progress, **DEMO_RECIPE["data"]
         )
     dataset = DatasetSpec("sample-target", str(data.train_file), str(data.test_file))
     fit_config = FitConfig(train_data="-", progress=progress, **DEMO_RECIPE["fit"])
-    with stage("2/4 zero-shot eval, fine-tune, eval (base model -> target domain)", timings):
+    with stage("2/5 zero-shot eval, fine-tune, eval (base model -> target domain)", timings):
         row = compare_one(str(base_model), dataset, fit_config, output, label="ViT-Tiny-8 (base)")
     (output / CHECKPOINT).unlink(missing_ok=True)  # optimizer state is not part of the artifact
-    with stage("3/4 report", timings):
-        paths = write_report([row], output, extra={"stage_seconds": timings})
+    with stage("3/5 export the towers to ONNX (fp32, int8) and evaluate each runtime", timings):
+        export_onnx(output, int8=True, report=lambda line: print(f"   {line}", flush=True))
+        runtimes = {
+            runtime: evaluate(output, data.test_file, runtime=runtime, progress=False)
+            for runtime in RUNTIMES
+        }
+        section = "Recall on the test split per serving runtime:\n\n" + runtime_table(runtimes)
+        print(section)
+    with stage("4/5 report", timings):
+        extra = {"stage_seconds": timings, "runtimes": runtimes}
+        paths = write_report([row], output, extra=extra, sections=[section])
         print(to_markdown([row]))
         print(f"wrote {paths['md']}, {paths['json']}, {paths['png']}")
     if search:
-        with stage("4/4 serve the towers and search", timings):
+        with stage("5/5 serve the towers and search", timings):
             search_result = search_demo(output, data, progress=progress, **DEMO_RECIPE["search"])
     else:
         search_result = None
-    extra = {"stage_seconds": timings, "search": search_result}
-    write_report([row], output, extra=extra)
+    extra = {"stage_seconds": timings, "runtimes": runtimes, "search": search_result}
+    write_report([row], output, extra=extra, sections=[section])
     print("\nstage wall times (s):", json.dumps(timings))
     return {"row": row, **extra}

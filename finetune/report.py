@@ -88,14 +88,28 @@ def plot(rows: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
+def runtime_table(metrics: dict[str, dict[str, float]], ks: Sequence[int] = (1, 5, 10)) -> str:
+    """Recall@k both ways per runtime (torch, onnx, onnx-int8), as Markdown."""
+    cols = [f"image_retrieval_recall@{k}" for k in ks] + [f"text_retrieval_recall@{k}" for k in ks]
+    header = ["runtime", *(f"imageRecall@{k}" for k in ks), *(f"textRecall@{k}" for k in ks)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for runtime, values in metrics.items():
+        lines.append("| " + " | ".join([runtime, *(f"{values[c]:.3f}" for c in cols)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(
-    rows: Sequence[dict[str, Any]], out_dir: str | os.PathLike, extra: dict[str, Any] | None = None
+    rows: Sequence[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    extra: dict[str, Any] | None = None,
+    sections: Sequence[str] = (),
 ) -> dict[str, Path]:
-    """`report.md`, `report.json` ({"rows": [...], **extra}) and `report.png` in `out_dir`."""
+    """`report.md` (the table, then `sections`), `report.json` ({"rows": [...], **extra}) and
+    `report.png` in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "png": out / "report.png"}
-    atomic.write_text(paths["md"], to_markdown(rows))
+    atomic.write_text(paths["md"], "\n".join([to_markdown(rows), *sections]))
     atomic.write_json(paths["json"], {"rows": list(rows), **(extra or {})})
     plot(rows, paths["png"])
     return paths

@@ -7,7 +7,14 @@ import json
 import pytest
 
 from finetune.compare import compare, resolve_dataset
-from finetune.report import COLUMNS, make_row, relative_improvement, to_markdown
+from finetune.report import (
+    COLUMNS,
+    make_row,
+    relative_improvement,
+    runtime_table,
+    to_markdown,
+    write_report,
+)
 from finetune.train import FitConfig
 
 
@@ -78,3 +85,19 @@ def test_compare_writes_the_seed_table(sample_dir, tmp_path):
     assert (tmp_path / "report.png").stat().st_size > 10_000
     assert "| ViT-Tiny-8 | sample |" in (tmp_path / "report.md").read_text()
     assert (tmp_path / "runs" / "ViT-Tiny-8-sample" / "clip-vision" / "model.safetensors").is_file()
+
+
+def test_the_runtime_table_and_report_sections(tmp_path):
+    metrics = {
+        name: {
+            f"{way}_retrieval_recall@{k}": value for way in ("image", "text") for k in (1, 5, 10)
+        }
+        for name, value in (("torch", 0.5), ("onnx-int8", 0.4871))
+    }
+    table = runtime_table(metrics)
+    assert table.splitlines()[0].startswith("| runtime | imageRecall@1 |")
+    assert "| onnx-int8 | 0.487 | 0.487 | 0.487 | 0.487 | 0.487 | 0.487 |" in table
+    row = make_row("m", "d", metrics["torch"], metrics["torch"])
+    paths = write_report([row], tmp_path, extra={"runtimes": metrics}, sections=[table])
+    assert paths["md"].read_text().endswith(table)
+    assert json.loads(paths["json"].read_text())["runtimes"] == metrics
