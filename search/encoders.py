@@ -23,13 +23,17 @@ from finetune.images import MAX_IMAGE_PIXELS
 from finetune.models import resolve_device
 from finetune.towers import load_tower
 from search.documents import Document
-from search.images import DEFAULT_MAX_BYTES, ImagePolicy, check_resize_cost
+from search.images import DEFAULT_MAX_BYTES, ImagePolicy, PixelBudget, check_resize_cost
+from search.limits import MAX_REQUEST_PIXELS, document_error, refuse_oversized
 from search.thumbnails import make_thumbnail
 
 log = logging.getLogger(__name__)
 
 EMPTY_TEXT_ERROR = "text is empty"
 DEFAULT_MINIBATCH = 32
+# Decoded pixels a minibatch may hold before it is encoded: one image at the decode limit.
+# A minibatch of 32 such images held at once is what made an encoder's memory grow by GBs.
+MAX_HELD_PIXELS = MAX_IMAGE_PIXELS
 
 
 def resolve_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
@@ -90,25 +94,42 @@ class TowerEncoder:
 
     def embed(self, docs: Sequence[Document], thumbnails: bool = False) -> int:
         """Set `embedding` (or `error`) on the documents this encoder is for, in place;
-        returns how many of them failed. With `thumbnails`, an image encoder also sets each
-        image document's `thumbnail` (for documents being indexed, not for queries)."""
+        returns how many of them failed. With `thumbnails` the documents are being indexed
+        (not queries): an image encoder also sets each image document's `thumbnail`, and the
+        limits on stored fields apply. The limits of `search.limits` are checked before any
+        work: a request over `MAX_DOCS_PER_REQUEST` documents is refused whole."""
+        if refuse_oversized(docs):
+            return len(docs)
+        refused = 0
+        for doc in docs:
+            if doc.error is None:
+                doc.error = document_error(doc, stored=thumbnails)
+                refused += doc.error is not None
         todo = [d for d in docs if d.error is None and d.embedding is None and self.accepts(d)]
+        budget = self.request_budget()
         with torch.inference_mode():
             for chunk in batched(todo, self.minibatch_size):
-                ready, inputs = [], []
+                ready, inputs, held = [], [], 0
                 for doc in chunk:
                     try:
-                        inputs.append(self.model_input(doc, thumbnails))
+                        inputs.append(self.model_input(doc, thumbnails, budget))
                         ready.append(doc)
                     except Exception as e:  # noqa: BLE001 - any bad input is this doc's error
                         doc.error = error_message(e)
+                        continue
+                    held += self.held_pixels(inputs[-1])
+                    if held >= MAX_HELD_PIXELS:
+                        # large decoded images are encoded before more are decoded, so the
+                        # memory held stays that of about one image, whatever the request
+                        self._encode(ready, inputs)
+                        ready, inputs, held = [], [], 0
                 self._encode(ready, inputs)
                 for doc in chunk:
                     self.finish(doc)
         failed = sum(doc.error is not None for doc in todo)
         if failed:
             log.warning("%d of %d documents could not be embedded", failed, len(todo))
-        return failed
+        return refused + failed
 
     def _encode(self, docs: list[Document], inputs: list[Any]) -> None:
         if not docs:
@@ -132,9 +153,20 @@ class TowerEncoder:
     def accepts(self, doc: Document) -> bool:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def model_input(self, doc: Document, thumbnail: bool) -> Any:  # pragma: no cover
-        """What the tower's `encode` takes for this doc; raises with a message if unusable."""
+    def model_input(
+        self, doc: Document, thumbnail: bool, budget: PixelBudget | None
+    ) -> Any:  # pragma: no cover - abstract
+        """What the tower's `encode` takes for this doc; raises with a message if unusable.
+        `budget`: what is left of the request's decoded pixels (`request_budget`)."""
         raise NotImplementedError
+
+    def held_pixels(self, item: Any) -> int:
+        """Decoded pixels a model input holds in memory until it is encoded."""
+        return 0
+
+    def request_budget(self) -> PixelBudget | None:
+        """A fresh budget for one call of `embed` (None: this encoder decodes no images)."""
+        return None
 
     def finish(self, doc: Document) -> None:
         """Called for every accepted doc after its minibatch, embedded or not."""
@@ -149,7 +181,7 @@ class TextEncoder(TowerEncoder):
     def accepts(self, doc: Document) -> bool:
         return doc.is_text_query
 
-    def model_input(self, doc: Document, thumbnail: bool) -> str:
+    def model_input(self, doc: Document, thumbnail: bool, budget: PixelBudget | None) -> str:
         if not doc.text.strip():
             raise ValueError(EMPTY_TEXT_ERROR)
         return clip_text(doc.text, self.tower.context_length)
@@ -157,26 +189,42 @@ class TextEncoder(TowerEncoder):
 
 class ImageEncoder(TowerEncoder):
     """Embeds documents with an image, with the vision tower only, under an `ImagePolicy`
-    (by default: no local files, no remote URLs; see `search.images`)."""
+    (by default: no local files, no remote URLs; see `search.images`).
+
+    `max_request_pixels`: the pixels one call of `embed` (one request) may decode; images
+    past it get an error. Decoded images are encoded once they hold `MAX_HELD_PIXELS`, so
+    the memory held stays that of about one full-size image, whatever the request holds.
+    """
 
     kind = VISION_TOWER
     env_name = "VISION_TOWER"
 
     def __init__(
-        self, tower: str | os.PathLike, policy: ImagePolicy | None = None, **kwargs: Any
+        self,
+        tower: str | os.PathLike,
+        policy: ImagePolicy | None = None,
+        max_request_pixels: int = MAX_REQUEST_PIXELS,
+        **kwargs: Any,
     ) -> None:
         super().__init__(tower, **kwargs)
         self.policy = policy or ImagePolicy.create(
             max_bytes=DEFAULT_MAX_BYTES, max_pixels=MAX_IMAGE_PIXELS
         )
+        self.max_request_pixels = int(max_request_pixels)
         size = self.tower.config["preprocess_cfg"]["size"]
         self.short_side = int(min(size) if isinstance(size, (list, tuple)) else size)
 
     def accepts(self, doc: Document) -> bool:
         return doc.has_image
 
-    def model_input(self, doc: Document, thumbnail: bool) -> Any:
-        image = self.policy.load(doc)
+    def held_pixels(self, item: Any) -> int:
+        return item.width * item.height
+
+    def request_budget(self) -> PixelBudget:
+        return PixelBudget(self.max_request_pixels)
+
+    def model_input(self, doc: Document, thumbnail: bool, budget: PixelBudget | None) -> Any:
+        image = self.policy.load(doc, budget)
         check_resize_cost(image, self.short_side, self.policy.max_pixels)
         if thumbnail:
             doc.thumbnail = make_thumbnail(image)

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import math
 import os
 import re
 import stat
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +30,7 @@ import requests
 from PIL import Image
 
 from finetune.images import MAX_IMAGE_PIXELS, ImageError, load_image, to_rgb
+from search.limits import pixel_budget_error
 
 # An image file or blob larger than this is refused before it is decoded.
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
@@ -45,6 +48,19 @@ def path_list(value: str | os.PathLike | Sequence[str | os.PathLike] | None) -> 
     else:
         parts = [os.fspath(v) for v in value]
     return [p.strip() for p in parts if p and p.strip()]
+
+
+@dataclass
+class PixelBudget:
+    """The decoded pixels one request may still spend (see `search.limits.MAX_REQUEST_PIXELS`)."""
+
+    left: int
+
+    def take(self, pixels: int) -> None:
+        """Spend `pixels`, or raise `ImageError` (and spend nothing) when they do not fit."""
+        if pixels > self.left:
+            raise ImageError(pixel_budget_error(pixels, self.left))
+        self.left -= pixels
 
 
 @dataclass(frozen=True)
@@ -71,25 +87,30 @@ class ImagePolicy:
         roots = tuple(dict.fromkeys(os.path.realpath(p) for p in path_list(allowed_roots)))
         return cls(roots, bool(allow_remote), int(max_bytes), int(max_pixels), float(timeout))
 
-    def load(self, doc: Any) -> Image.Image:
-        """The document's image as RGB: `blob` first, then `tensor`, then `uri`."""
+    def load(self, doc: Any, budget: PixelBudget | None = None) -> Image.Image:
+        """The document's image as RGB: `blob` first, then `tensor`, then `uri`. With a
+        `budget`, its pixels are taken from it before the image is decoded."""
         if doc.blob is not None:
             blob = bytes(doc.blob)
             # JSON (the HTTP gateway) has no bytes: there `blob` is sent as a data: URI string.
             # No image format starts with these five bytes, so raw bytes are never mistaken.
             if blob[:5].lower() == b"data:":
                 uri = blob.decode("ascii", errors="replace")
-                return self.decode(self._data_uri_bytes(uri, "image blob"), "image blob")
-            return self.decode(blob, "image blob")
+                data = self._data_uri_bytes(uri, "image blob")
+                return self.decode(data, "image blob", budget)
+            return self.decode(blob, "image blob", budget)
         if doc.tensor is not None:
-            return self.from_tensor(doc.tensor)
+            return self.from_tensor(doc.tensor, budget)
         if doc.uri:
-            return self.from_uri(doc.uri)
+            return self.from_uri(doc.uri, budget)
         raise ImageError("document has no image (blob, tensor or uri)")
 
-    def decode(self, data: bytes, what: str) -> Image.Image:
+    def decode(self, data: bytes, what: str, budget: PixelBudget | None = None) -> Image.Image:
         if len(data) > self.max_bytes:
             raise ImageError(f"{what}: {len(data)} bytes is more than max_bytes={self.max_bytes}")
+        pixels = _header_pixels(data)
+        if budget is not None and pixels <= self.max_pixels:  # bigger ones are refused below
+            budget.take(pixels)
         try:
             return load_image(bytes(data), max_pixels=self.max_pixels)
         except ImageError as e:
@@ -97,7 +118,7 @@ class ImagePolicy:
             reason = _BYTESIO_REPR.sub("", str(e).removeprefix("<bytes>: "))
             raise ImageError(f"{what}: {reason}") from None
 
-    def from_tensor(self, tensor: Any) -> Image.Image:
+    def from_tensor(self, tensor: Any, budget: PixelBudget | None = None) -> Image.Image:
         arr = np.asarray(tensor)
         if arr.ndim == 3 and arr.shape[2] == 1:
             arr = arr[:, :, 0]
@@ -110,6 +131,8 @@ class ImagePolicy:
                 f"image tensor: {arr.shape[1]}x{arr.shape[0]} pixels is more than "
                 f"max_pixels={self.max_pixels}"
             )
+        if budget is not None:
+            budget.take(arr.shape[0] * arr.shape[1])
         if arr.dtype != np.uint8:
             # JSON (HTTP) carries numbers without a dtype: accept integers that fit in a byte.
             if arr.dtype.kind not in "iu" or arr.size and (arr.min() < 0 or arr.max() > 255):
@@ -117,25 +140,25 @@ class ImagePolicy:
             arr = arr.astype(np.uint8)
         return to_rgb(Image.fromarray(np.ascontiguousarray(arr)))
 
-    def from_uri(self, uri: str) -> Image.Image:
+    def from_uri(self, uri: str, budget: PixelBudget | None = None) -> Image.Image:
         scheme = urlsplit(uri).scheme.lower()
         shown = uri if len(uri) <= 80 else uri[:77] + "..."
         if scheme == "data":
-            return self.decode(self._data_uri_bytes(uri, shown), shown)
+            return self.decode(self._data_uri_bytes(uri, shown), shown, budget)
         if scheme in ("http", "https"):
             if not self.allow_remote:
                 raise ImageError(
                     f"{shown}: remote image URLs are refused (allow_remote is off); send the "
                     f"image bytes as `blob` or a data: URI instead"
                 )
-            return self.decode(self._fetch(uri, shown), shown)
+            return self.decode(self._fetch(uri, shown), shown, budget)
         if scheme == "file":
             path = url2pathname(urlsplit(uri).path)
         elif scheme and len(scheme) > 1:
             raise ImageError(f"{shown}: unsupported URI scheme {scheme!r}")
         else:
             path = uri
-        return self.decode(self._read_local(path), shown)
+        return self.decode(self._read_local(path), shown, budget)
 
     def resolve_local(self, path: str) -> str:
         """The real path of a local image file, if it lies under one of the allowed roots."""
@@ -225,6 +248,19 @@ def check_resize_cost(img: Image.Image, short_side: int, max_pixels: int) -> Non
             f"image of {w}x{h} pixels has an extreme aspect ratio: resizing it for the model "
             f"would make it {long_side}x{short_side}, more than max_pixels={max_pixels}"
         )
+
+
+def _header_pixels(data: bytes) -> int:
+    """Width x height from an image's header, without decoding it; 0 when PIL cannot read
+    the header (decoding then fails with the reason)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a bomb's header: refused by the decode
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+    except Exception:  # noqa: BLE001 - any unreadable header is reported by the decode
+        return 0
+    return width * height
 
 
 def _is_within(path: str, root: str) -> bool:

@@ -23,6 +23,7 @@ import numpy as np
 from search.documents import Document, Match, pending, set_errors
 from search.filters import FilterError, parse_filter
 from search.hnsw_store import HNSWStore, check_vector
+from search.limits import MAX_ID_LENGTH, bounded_text, document_error, refuse_oversized
 from search.sharding import NOT_OWNER, UNKNOWN_ID, content_id, owner_shard
 from search.thumbnails import ThumbnailStore, data_uri
 
@@ -31,7 +32,6 @@ DEFAULT_MAX_LIMIT = 1000
 NO_CONTENT_ERROR = "document has neither text nor image"
 NO_EMBEDDING = "no embedding to search with"
 MISSING_ID = "missing id"
-MAX_ID_LENGTH = 512
 TEXT, IMAGE = "text", "image"
 # Why a query of the other modality reached a search: where it should have gone instead.
 WRONG_MODALITY = {
@@ -63,7 +63,9 @@ class Index:
         """Store (or replace) every document that has an embedding and whose id this shard
         owns. An id-less document gets one: random on one shard, and derived from its content
         (`content_id`) when sharded, because each shard sees the request and must pick the
-        same."""
+        same. Documents over a limit of `search.limits` are refused, each with the limit."""
+        if refuse_oversized(docs):
+            return _answer(docs)
         embedded = []
         for doc in pending(docs):
             if doc.embedding is None:
@@ -71,7 +73,7 @@ class Index:
                 continue
             if not doc.id:
                 doc.id = content_id(doc) if self.shards > 1 else uuid.uuid4().hex
-            doc.error = id_error(doc.id)
+            doc.error = id_error(doc.id) or document_error(doc)
             if doc.error is None:
                 embedded.append(doc)
         todo = self._owned(embedded)
@@ -96,6 +98,8 @@ class Index:
         `search.filters`; a bad one is each query's error) and `thumbnails` (true: each
         match carries its image's thumbnail as a data: URI). `modality` is the endpoint's: a
         query of the other one is told where to go."""
+        if refuse_oversized(docs):
+            return _answer(docs)
         limit, error = search_limit(parameters, self.max_limit)
         ef, ef_error = (None, None)
         if parameters.get("ef") is not None:
@@ -125,6 +129,8 @@ class Index:
                 set_errors(queries, [str(exc)] * len(queries))
             for doc, hits in zip(queries, results, strict=True):
                 doc.matches = [Match(*hit) for hit in hits]
+                for match in doc.matches:
+                    match.text = bounded_text(match.text)
             if parameters.get("thumbnails") is True:
                 self._attach_thumbnails([m for doc in queries for m in doc.matches])
         return _answer(docs)
@@ -132,6 +138,8 @@ class Index:
     def get(self, docs: list[Document]) -> list[Document]:
         """Each document's stored fields and embedding, by id (`unknown id` when not here):
         what "more like this" searches with, on any shard."""
+        if refuse_oversized(docs):
+            return docs
         todo = self._with_ids(docs)
         for doc, record in zip(todo, self.store.get([d.id for d in todo]), strict=True):
             if record is None:
@@ -148,6 +156,8 @@ class Index:
         but copies left on another shard (an index filled with another number of shards)
         go too. `merge_outcome` reports an id deleted when any shard deleted it."""
         answer = [*docs, *(Document(id=id_text(i)) for i in ids)]
+        if refuse_oversized(answer):
+            return _answer(answer)
         todo = self._with_ids(answer)
         deleted, unknown = self.store.delete([d.id for d in todo])
         self.thumbnails.delete(deleted)
@@ -160,7 +170,11 @@ class Index:
     def update(self, docs: list[Document]) -> list[Document]:
         """Change stored fields of existing ids that this shard owns: `embedding`, `uri` and
         `text` when set, `tags` when not empty; unknown ids get error `unknown id`."""
-        todo = self._owned(self._with_ids(docs))
+        if refuse_oversized(docs):
+            return _answer(docs)
+        for doc in self._with_ids(docs):
+            doc.error = document_error(doc)
+        todo = self._owned(pending(docs))
         errors = self.store.update(
             [d.id for d in todo],
             embeddings=[d.embedding for d in todo],

@@ -55,6 +55,11 @@ def run(encoder, *docs: SearchDoc) -> DocList[SearchDoc]:
     return encoder.encode(DocList[SearchDoc](list(docs)))
 
 
+def search(encoder, *docs: SearchDoc) -> DocList[SearchDoc]:
+    """The documents as queries (`/search`): cut to the context length, never refused for it."""
+    return encoder.encode_queries(DocList[SearchDoc](list(docs)))
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     return CLIPTextEncoder(tower=str(RUN), minibatch_size=4, num_threads=1)
@@ -223,13 +228,15 @@ def test_over_long_query_is_truncated_and_still_embedded(text_encoder):
     long = " ".join(f"word{i}" for i in range(20 * context))
     tower = text_encoder.encoder.tower
     assert len(tower.tokenizer([long])[0]) == context  # the tokenizer truncates
-    out = run(text_encoder, SearchDoc(text=long), SearchDoc(text=long + " and much more"))
+    out = search(text_encoder, SearchDoc(text=long), SearchDoc(text=long + " and much more"))
     assert out[0].error is None and out[0].embedding is not None
     full = text_encoder.encoder.tower.encode([long])[0]  # tokenised whole, without our pre-cut
     np.testing.assert_allclose(out[0].embedding, full, atol=1e-5)
     np.testing.assert_allclose(out[0].embedding, out[1].embedding, atol=1e-6)
     huge = "x" * 5_000_000 + " " * 1_000_000 + "y"  # bounded work, not minutes of BPE
-    assert run(text_encoder, SearchDoc(text=huge))[0].embedding is not None
+    assert search(text_encoder, SearchDoc(text=huge))[0].embedding is not None
+    # to be stored (/index), a text that long is refused before any work (search.limits)
+    assert "MAX_TEXT_CHARS" in run(text_encoder, SearchDoc(text=huge))[0].error
 
 
 def test_docs_with_an_error_pass_through_untouched(text_encoder, image_encoder):
