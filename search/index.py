@@ -108,6 +108,9 @@ class Index:
             tag_filter = parse_filter(parameters.get("filter"))
         except FilterError as exc:
             tag_filter, error = None, error or str(exc)
+        thumbnails = parameters.get("thumbnails")
+        if thumbnails is not None and not isinstance(thumbnails, bool):
+            error = error or f"thumbnails must be true or false, got {thumbnails!r}"
         wrong = (lambda d: d.has_image) if modality == TEXT else (lambda d: d.is_text_query)
         queries, vectors = [], []
         for doc in pending(docs):
@@ -131,7 +134,7 @@ class Index:
                 doc.matches = [Match(*hit) for hit in hits]
                 for match in doc.matches:
                     match.text = bounded_text(match.text)
-            if parameters.get("thumbnails") is True:
+            if thumbnails is True:
                 self._attach_thumbnails([m for doc in queries for m in doc.matches])
         return _answer(docs)
 

@@ -129,6 +129,31 @@ def test_search_bad_limit_is_a_per_doc_error(filled, limit, error):
     assert answer[0].error == error and len(answer[0].matches) == 0
 
 
+@pytest.mark.parametrize(
+    ("parameters", "error"),
+    [
+        ({"limit": float("nan")}, "limit must be an integer, got nan"),
+        ({"limit": float("inf")}, "limit must be an integer, got inf"),
+        ({"limit": [3]}, "limit must be an integer, got [3]"),
+        ({"ef": float("-inf")}, "ef must be an integer, got -inf"),
+        ({"ef": {"a": 1}}, "ef must be an integer, got {'a': 1}"),
+        ({"filter": {"i": float("nan")}}, "filter.i: equality needs a finite number, got NaN"),
+        ({"filter": [1]}, "filter must be an object of field: condition, got list"),
+        ({"thumbnails": "yes"}, "thumbnails must be true or false, got 'yes'"),
+        ({"thumbnails": 1.0}, "thumbnails must be true or false, got 1.0"),
+    ],
+)
+def test_nan_infinity_and_wrong_types_in_parameters_are_each_querys_error(
+    filled, parameters, error
+):
+    indexer, x = filled
+    answer = indexer.search(
+        docs=docs(SearchDoc(embedding=x[0]), SearchDoc(embedding=x[1])), parameters=parameters
+    )
+    assert [d.error for d in answer] == [error, error]
+    assert all(len(d.matches) == 0 for d in answer)
+
+
 @pytest.mark.parametrize(("limit", "expected"), [(3.0, 3), ("2", 2), (10**9, 5)])
 def test_search_limit_from_protobuf_floats_strings_and_clamping(filled, limit, expected):
     indexer, x = filled
