@@ -140,9 +140,19 @@ class InProcess:
 class Served(ServedFlow):
     """`jina flow --uses flow.yml` in its own process group, started and ready."""
 
-    def __init__(self, tower: str, workspace: Path, threads: int, log: Path, cwd: Path = REPO):
+    def __init__(
+        self,
+        tower: str,
+        workspace: Path,
+        threads: int,
+        log: Path,
+        cwd: Path = REPO,
+        runtime: str = "torch",
+    ):
         # a run folder serves both towers
-        env = flow_env(tower, workspace, image_root="", torch_threads=threads)
+        env = flow_env(tower, workspace, image_root="", torch_threads=threads, runtime=runtime)
+        if Path(cwd).resolve() != REPO:
+            env["PYTHONPATH"] = str(cwd)  # that checkout's packages, not this one's install
         super().__init__("flow.yml", env, log, start_timeout_s=300, cwd=cwd)
         self.grpc_port = int(env["GRPC_PORT"])
         self.start()

@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--block", type=int, default=20, help="queries per Flow before the other")
     p.add_argument("--limit", type=int, default=10)
     p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per encoder")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnx", "onnx-int8"),
+        help="this checkout's encoders' runtime (the towers must be exported for onnx ones)",
+    )
     args = p.parse_args(argv)
 
     from client.api import SearchClient
@@ -67,8 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
             texts = queries(args.queries)
             print(f"starting both Flows (this checkout, {args.against}) ...", file=sys.stderr)
             flows = {
-                "this": Served(args.tower, tmp / "ws-this", 1, tmp / "this.log"),
-                "other": Served(args.tower, tmp / "ws-other", 1, tmp / "other.log", cwd=other),
+                "this": Served(
+                    args.tower,
+                    tmp / "ws-this",
+                    args.threads,
+                    tmp / "this.log",
+                    runtime=args.runtime,
+                ),
+                "other": Served(
+                    args.tower, tmp / "ws-other", args.threads, tmp / "other.log", cwd=other
+                ),
             }
             clients = {side: SearchClient(flow.grpc) for side, flow in flows.items()}
             try:
@@ -106,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         "against": args.against,
         "search_p50_ms": {side: med(p50[side]) for side in SIDES},
         "search_p50_difference_ms": med(a - b for a, b in zip(*p50.values(), strict=True)),
+        "search_p50_ratio": med(b / a for a, b in zip(*p50.values(), strict=True)),
         "index_images_per_s": {side: med(images_per_s[side]) for side in SIDES},
         "index_ratio": med(a / b for a, b in zip(*images_per_s.values(), strict=True)),
         "rounds": {"search_p50_ms": p50, "index_images_per_s": images_per_s},
@@ -114,12 +130,14 @@ def main(argv: list[str] | None = None) -> dict:
         f"\nThis checkout's Flow vs {args.against}'s ({args.rounds} rounds; {args.queries} "
         f"queries and {args.images} images per round and Flow)\n"
     )
-    print(f"| | this checkout | {args.against} | this vs that (median per round) |")
+    print(
+        f"| | this checkout ({args.runtime}) | {args.against} | this vs that (median per round) |"
+    )
     print("|---|---:|---:|---:|")
     s, i = result["search_p50_ms"], result["index_images_per_s"]
     print(
         f"| text search p50, ms (gRPC) | {s['this']:.2f} | {s['other']:.2f} "
-        f"| {result['search_p50_difference_ms']:+.2f} ms |"
+        f"| {result['search_p50_difference_ms']:+.2f} ms, {result['search_p50_ratio']:.2f}x lower |"
     )
     print(
         f"| indexing, images/s | {i['this']:.1f} | {i['other']:.1f} "
