@@ -37,7 +37,19 @@ from client.wire import (
 from executors.documents import to_core, to_wire
 from search.hnsw_store import HNSWStore
 from search.index import DEFAULT_MAX_LIMIT, IMAGE, TEXT, Index, search_limit
-from search.sharding import merge_matches, merge_outcome, merge_status, per_document
+from search.sharding import (
+    UNKNOWN_ID,
+    merge_matches,
+    merge_outcome,
+    merge_status,
+    missing_shards,
+    missing_shards_error,
+    per_document,
+)
+
+# What a search, or an id not found, would be without the shards that did not answer.
+PARTIAL_RESULTS = "results would be partial"
+MAYBE_ON_A_MISSING_SHARD = "unknown id on the shards that answered"
 
 
 class HNSWIndexer(Executor):
@@ -117,11 +129,25 @@ class HNSWIndexer(Executor):
 
 
 class MatchMerger(Executor):
-    """`uses_after` of a sharded `HNSWIndexer`: one answer per document from all shards."""
+    """`uses_after` of a sharded `HNSWIndexer`: one answer per document from all shards.
 
-    def __init__(self, max_limit: int = DEFAULT_MAX_LIMIT, **kwargs: Any) -> None:
+    `shards`: how many answers to expect; by default the Deployment's own `shards` (jina gives
+    `uses_after` a copy of the sharded Deployment's arguments). When fewer shards answer (one
+    is down), every search query gets an error instead of a silently partial top-k, an id
+    that no answering shard knows is not called unknown, and `/status` counts
+    `missing_shards`.
+    """
+
+    def __init__(
+        self, max_limit: int = DEFAULT_MAX_LIMIT, shards: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.max_limit = int(max_limit)
+        self.shards = int(shards or getattr(self.runtime_args, "shards", None) or 1)
+
+    def _missing(self, docs_matrix: list | None) -> int:
+        # no matrix: jina called the merger with one answer (a single shard)
+        return missing_shards(len(docs_matrix) if docs_matrix else 1, self.shards)
 
     @requests(on=[SEARCH_TEXT, SEARCH_IMAGE])
     def merge_matches(
@@ -132,10 +158,14 @@ class MatchMerger(Executor):
         **kwargs: Any,
     ) -> DocList[SearchDoc]:
         limit, _ = search_limit(parameters or {}, self.max_limit)
+        missing = self._missing(docs_matrix)
         merged = DocList[SearchDoc]()
         for answers in per_document(docs, docs_matrix):
             doc = answers[0]
             matches, doc.error = merge_matches(answers, limit)
+            if missing and doc.error is None:
+                doc.error = missing_shards_error(missing, self.shards, PARTIAL_RESULTS)
+                matches = []
             doc.matches = DocList[Match](matches)
             merged.append(doc)
         return merged
@@ -147,9 +177,12 @@ class MatchMerger(Executor):
         docs_matrix: list[DocList[SearchDoc]] | None = None,
         **kwargs: Any,
     ) -> DocList[SearchDoc]:
+        missing = self._missing(docs_matrix)
         merged = DocList[SearchDoc]()
         for answers in per_document(docs, docs_matrix):
             doc, doc.error = merge_outcome(answers)
+            if missing and doc.error == UNKNOWN_ID:
+                doc.error = missing_shards_error(missing, self.shards, MAYBE_ON_A_MISSING_SHARD)
             merged.append(doc)
         return merged
 
@@ -161,4 +194,8 @@ class MatchMerger(Executor):
         **kwargs: Any,
     ) -> DocList[StatusDoc]:
         infos = [d.info for shard in (docs_matrix or [docs]) for d in shard]
-        return DocList[StatusDoc]([StatusDoc(info=merge_status(infos))] if infos else [])
+        if not infos:
+            return DocList[StatusDoc]([])
+        info = merge_status(infos)
+        info["missing_shards"] = self._missing(docs_matrix)
+        return DocList[StatusDoc]([StatusDoc(info=info)])

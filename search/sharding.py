@@ -93,6 +93,17 @@ def merge_outcome(answers: Sequence[Any]) -> tuple[Any, str | None]:
     return answers[0], next((e for e in errors if e != UNKNOWN_ID), errors[0])
 
 
+def missing_shards(answered: int, shards: int) -> int:
+    """How many of `shards` did not answer, given `answered` answers."""
+    return max(0, int(shards) - int(answered))
+
+
+def missing_shards_error(missing: int, shards: int, what: str) -> str:
+    """The error of a document whose answer lacks `missing` of `shards` shards: `what` says
+    what the answer would have been (partial results, an unknown id that may be elsewhere)."""
+    return f"{missing} of {shards} index shards did not answer; {what}"
+
+
 def merge_status(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One status out of the shards': counts summed, parameters of the first, `shards`."""
     info = {k: v for k, v in infos[0].items() if k not in ("seq", "snapshot_seq")}

@@ -426,6 +426,29 @@ def test_merger_reports_a_missing_owner_answer():
     assert [d.error for d in alone] == [OWNER_DID_NOT_ANSWER]
 
 
+def test_a_merger_missing_a_shard_says_so_instead_of_a_partial_answer():
+    merger = MatchMerger(shards=2)
+    one = shard_answer([("a", 0.9)], [], errors=[None, "embedding is a zero vector"])
+    merged = merger.merge_matches(docs=one, docs_matrix=[one], parameters={"limit": 3})
+    partial = "1 of 2 index shards did not answer; results would be partial"
+    assert [d.error for d in merged] == [partial, "embedding is a zero vector"]
+    assert [len(d.matches) for d in merged] == [0, 0]
+    answered = shard_answer([], [], errors=[None, "unknown id"])
+    deleted = merger.merge_outcomes(docs=answered, docs_matrix=[answered])
+    assert [d.error for d in deleted] == [
+        None,  # deleted where it was
+        "1 of 2 index shards did not answer; unknown id on the shards that answered",
+    ]
+    status = DocList[StatusDoc]([StatusDoc(info={"count": 2, "dim": 4})])
+    info = merger.merge_status(docs=status, docs_matrix=[status])[0].info
+    assert info["missing_shards"] == 1 and info["count"] == 2
+    both = [status, copy.deepcopy(status)]
+    assert merger.merge_status(docs=status, docs_matrix=both)[0].info["missing_shards"] == 0
+    both = [shard_answer([("a", 0.9)]), shard_answer([("b", 0.8)])]
+    merged = merger.merge_matches(docs=both[0], docs_matrix=both, parameters={})
+    assert merged[0].error is None and [m.id for m in merged[0].matches] == ["a", "b"]
+
+
 # ---------------------------------------------------------------------- a real sharded Flow
 
 
