@@ -252,7 +252,7 @@ class SearchClient:
                 timeout=self.timeout,
                 return_type=DocList[out_type],
             )
-        return [_doc_dict(d) for d in result]
+            return [_doc_dict(d) for d in result]
 
     def close(self) -> None:
         """Close the connections (they are reopened on the next call)."""
@@ -311,9 +311,14 @@ class SearchClient:
             )
         except requests.RequestException as e:
             raise ClientError(self._unreachable(e)) from e
+        if r.status_code == 422:
+            raise ClientError(f"{endpoint} refused the request: {_validation_errors(r)}")
         if r.status_code != 200:
             raise ClientError(f"{endpoint} failed: HTTP {r.status_code}: {r.text[:500]}")
-        body = r.json()
+        try:
+            body = r.json()
+        except ValueError as e:
+            raise ClientError(f"{endpoint} failed: the answer is not JSON: {r.text[:200]!r}") from e
         header = body.get("header") or {}
         if (header.get("status") or {}).get("code") not in (None, 0, "SUCCESS"):
             raise ClientError(f"{endpoint} failed: {header['status']}")
@@ -329,6 +334,28 @@ class SearchClient:
                 f"{error}); is the Flow running (jina flow --uses flow.yml)?"
             )
         return f"the search service at {self.host} failed the request: {error!r}"
+
+
+def _validation_errors(response: requests.Response) -> str:
+    """A 422 from the gateway (its request model refused the JSON before any executor saw it)
+    as text naming each bad document by index and field: `{"detail": [{"loc": ["body",
+    "data", 0, "text"], "msg": ...}]}` in FastAPI's form."""
+    try:
+        details = response.json().get("detail")
+    except (ValueError, AttributeError):
+        details = None
+    if not isinstance(details, list) or not details:
+        return f"HTTP 422: {response.text[:500]}"
+    parts = []
+    for item in details[:10]:
+        loc = [str(p) for p in (item.get("loc") or []) if p != "body"]
+        if len(loc) >= 2 and loc[0] == "data" and loc[1].isdigit():
+            where = f"document {loc[1]}" + (f", field {'.'.join(loc[2:])}" if loc[2:] else "")
+        else:
+            where = ".".join(loc) or "the request"
+        parts.append(f"{where}: {item.get('msg', item)}")
+    more = f" (and {len(details) - 10} more)" if len(details) > 10 else ""
+    return "; ".join(parts) + more + " (HTTP 422)"
 
 
 def _outcome(doc: dict[str, Any]) -> Outcome:

@@ -110,8 +110,8 @@ def _request(endpoint: str, docs: Any, parameters: dict[str, Any] | None) -> Any
 
 
 def _checked(response_of: Callable[[], Any]) -> Any:
-    """The reply that `response_of()` waits for; transport and executor errors as
-    `GatewayError`."""
+    """The reply that `response_of()` waits for; transport and executor errors, and replies
+    that cannot be read, as `GatewayError`."""
     try:
         response = response_of()
     except grpc.RpcError as e:
@@ -121,7 +121,12 @@ def _checked(response_of: Callable[[], Any]) -> Any:
             f"{code.name if code else 'gRPC error'}: {details}",
             unreachable=code == grpc.StatusCode.UNAVAILABLE,
         ) from e
-    status = response.header.status
+    except grpc.FutureCancelledError as e:
+        raise GatewayError("the request was cancelled") from e
+    try:
+        status = response.header.status
+    except Exception as e:  # noqa: BLE001 - jina's lazy parsing raises anything on a bad reply
+        raise GatewayError(_unreadable(e)) from e
     if status.code >= jina_pb2.StatusProto.ERROR:
         exc = status.exception
         reason = (
@@ -132,6 +137,18 @@ def _checked(response_of: Callable[[], Any]) -> Any:
 
 
 def _documents(response: Any, doc_list_type: type) -> Any:
-    """A reply's documents, read as `doc_list_type`."""
-    response.document_array_cls = doc_list_type
-    return response.docs
+    """A reply's documents, read as `doc_list_type`; `GatewayError` when they cannot be."""
+    try:
+        response.document_array_cls = doc_list_type
+        return response.docs
+    except Exception as e:  # noqa: BLE001 - as in `_checked`
+        raise GatewayError(_unreadable(e)) from e
+
+
+def _unreadable(error: Exception) -> str:
+    # An empty or truncated reply is what the gateway sends when an executor on the request's
+    # path is gone; jina then fails deep in its parsing ("the buffer is already decompressed").
+    return (
+        f"the gateway's reply could not be read ({type(error).__name__}: {error}); an executor "
+        f"of the Flow may be down"
+    )

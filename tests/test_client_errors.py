@@ -1,0 +1,92 @@
+"""Every failure of the gateway or the transport reaches a `SearchClient` caller as a
+`ClientError` with a readable message, over gRPC and HTTP (no Flow needed: the replies that
+caused raw errors are made here)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from jina.types.request.data import DataRequest
+
+from client.api import ClientError, SearchClient
+from client.grpc_transport import GrpcTransport
+
+
+def test_an_empty_grpc_reply_is_a_client_error_not_a_parse_error():
+    # what the gateway sent when an executor of the Flow had died: jina's own parsing then
+    # raised "ValueError: the buffer is already decompressed"
+    client = SearchClient("grpc://127.0.0.1:9")
+    client._grpc = GrpcTransport("127.0.0.1:9")
+    client._grpc._call = lambda request, timeout=None: DataRequest(b"")
+    try:
+        with pytest.raises(ClientError, match="reply could not be read.*may be down"):
+            client.search("a dog")
+        with pytest.raises(ClientError, match="reply could not be read"):
+            client.status()
+    finally:
+        client.close()
+
+
+def test_an_unreachable_grpc_gateway_is_a_client_error():
+    with SearchClient("grpc://127.0.0.1:9", timeout=5) as client:
+        with pytest.raises(ClientError, match="cannot talk to the search service"):
+            client.search("a dog")
+
+
+# FastAPI's answer when the gateway's request model refuses a document (as jina's HTTP gateway
+# does for `{"data": [{"text": 5}]}`), before any executor sees the request.
+UNPROCESSABLE = {
+    "detail": [
+        {
+            "type": "string_type",
+            "loc": ["body", "data", 1, "text"],
+            "msg": "Input should be a valid string",
+            "input": 5,
+        }
+    ]
+}
+
+
+@pytest.fixture
+def http_gateway() -> Iterator[str]:
+    """A stand-in gateway on 127.0.0.1: /search answers 422, /status a body that is not JSON."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            code, body = (
+                (422, json.dumps(UNPROCESSABLE)) if self.path == "/search" else (200, "<html>")
+            )
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_an_http_422_names_the_document_and_field(http_gateway):
+    with SearchClient(http_gateway, timeout=10) as client:
+        with pytest.raises(ClientError) as error:
+            client.post("/search", [{"text": "ok"}, {"text": "x"}])
+        assert str(error.value) == (
+            "/search refused the request: document 1, field text: Input should be a valid "
+            "string (HTTP 422)"
+        )
+        with pytest.raises(ClientError, match="the answer is not JSON"):
+            client.status()
