@@ -38,6 +38,7 @@ from client.wire import (
     SEARCH_IMAGE,
     SEARCH_TEXT,
     STATUS,
+    UPDATE,
     SearchDoc,
     StatusDoc,
 )
@@ -50,6 +51,8 @@ DEFAULT_TIMEOUT_S = 300.0
 # Requests the gRPC client may have in flight: enough to keep every executor busy, few enough
 # that image bytes read ahead stay bounded (IN_FLIGHT x batch size images).
 IN_FLIGHT = 4
+# The endpoints that carry the token (reads stay open).
+WRITE_ENDPOINTS = (INDEX, UPDATE, DELETE)
 
 
 class ClientError(RuntimeError):
@@ -120,7 +123,12 @@ def _stable_id(image: Path, base: Path) -> str:
 class SearchClient:
     """A connection to the search Flow's gateway: `grpc://HOST:PORT` or `http(s)://HOST:PORT`."""
 
-    def __init__(self, host: str = DEFAULT_HOST, timeout: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self, host: str = DEFAULT_HOST, timeout: float = DEFAULT_TIMEOUT_S, token: str | None = None
+    ):
+        """`token`: what the service's write endpoints require (its API_TOKEN), sent as
+        `parameters["token"]` with /index, /update and /delete; default: $SEARCH_TOKEN."""
+        self.token = token if token is not None else os.environ.get("SEARCH_TOKEN") or None
         if "://" not in host:
             host = f"grpc://{host}"
         parts = urlsplit(host)
@@ -172,10 +180,11 @@ class SearchClient:
                     lambda answer: done([_outcome(_doc_dict(d)) for d in answer]),
                     in_flight=IN_FLIGHT,
                     timeout=self.timeout,
+                    parameters=self._with_token(INDEX, None),
                 )
         else:
             for batch in batched(docs, batch_size):
-                done([_outcome(d) for d in self._http_post(INDEX, batch)])
+                done([_outcome(d) for d in self.post(INDEX, batch)])
         return outcomes
 
     def search(
@@ -240,7 +249,9 @@ class SearchClient:
     def post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        """One request; documents in and out as plain dicts (SearchDoc's fields)."""
+        """One request; documents in and out as plain dicts (SearchDoc's fields). The token,
+        if any, goes with the write endpoints."""
+        parameters = self._with_token(endpoint, parameters)
         if self.protocol == "http":
             return self._http_post(endpoint, docs, parameters)
         out_type = StatusDoc if endpoint == STATUS else SearchDoc
@@ -284,6 +295,13 @@ class SearchClient:
                 "text": item.caption,
                 "tags": item.tags,
             }
+
+    def _with_token(
+        self, endpoint: str, parameters: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        if self.token is None or endpoint not in WRITE_ENDPOINTS:
+            return parameters
+        return {**(parameters or {}), "token": self.token}
 
     def _transport(self) -> GrpcTransport:
         if self._grpc is None:

@@ -40,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_HOST})",
     )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    parser.add_argument(
+        "--token",
+        default=None,
+        help="token of the service's write endpoints (index, delete; its API_TOKEN); "
+        "default: $SEARCH_TOKEN",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index a folder of images or an image-caption data file")
@@ -74,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        client = SearchClient(args.host, timeout=args.timeout)
+        client = SearchClient(args.host, timeout=args.timeout, token=args.token)
         return COMMANDS[args.command](client, args, parser)
     except (ClientError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

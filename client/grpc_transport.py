@@ -75,6 +75,7 @@ class GrpcTransport:
         on_response: Callable[[Any], None],
         in_flight: int = 4,
         timeout: float | None = None,
+        parameters: dict[str, Any] | None = None,
     ) -> None:
         """Send each batch (a `DocList`) as one request, at most `in_flight` unanswered at a
         time, and call `on_response` with each reply's documents, in order."""
@@ -86,7 +87,7 @@ class GrpcTransport:
 
         try:
             for docs in batches:
-                request = _request(endpoint, docs, None)
+                request = _request(endpoint, docs, parameters)
                 pending.append((self._call.future(request, timeout=timeout), type(docs)))
                 if len(pending) >= in_flight:
                     deliver_oldest()

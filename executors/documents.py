@@ -7,6 +7,7 @@ from docarray import DocList
 
 from client.wire import Match as WireMatch
 from client.wire import SearchDoc
+from search.access import token_error
 from search.documents import Document, Match
 
 
@@ -60,3 +61,17 @@ def wire_match(match: Match) -> WireMatch:
         tags=match.tags,
         thumbnail=match.thumbnail,
     )
+
+
+def refused_without_token(
+    docs: DocList[SearchDoc], required: str, parameters: dict | None, endpoint: str
+) -> bool:
+    """Set the token error on every document of a write request without the service's token
+    (`search.access`); True when refused, so the caller does no work for it."""
+    error = token_error(required, parameters, endpoint)
+    if error is None:
+        return False
+    for doc in docs:
+        doc.error = error
+        doc.blob = doc.tensor = doc.embedding = None  # nothing large travels on
+    return True

@@ -18,7 +18,7 @@ from docarray import DocList
 from jina import Executor, requests
 
 from client.wire import INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, SearchDoc
-from executors.documents import to_core, to_wire
+from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from finetune.images import MAX_IMAGE_PIXELS
 from search.encoders import DEFAULT_MINIBATCH, ImageEncoder, TextEncoder, torch_threads
@@ -27,6 +27,11 @@ from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
 
 class _EncoderExecutor(Executor):
     """Settings from the Flow YAML in, the core encoder's work on each request's documents."""
+
+    def write_token(self, token: str | None) -> None:
+        """The token `/index` and `/update` require (see `search.access`): a refused request
+        is answered before any image is decoded or text embedded."""
+        self.token = str(setting(token, FLOW_ENV_DEFAULTS["API_TOKEN"]))
 
     def encoder_options(
         self, device: str, dtype: str, minibatch_size: int, num_threads: int | None, runtime: str
@@ -55,7 +60,11 @@ class _EncoderExecutor(Executor):
         return to_wire(documents)
 
     @requests(on=UPDATE)
-    def encode_update(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+    def encode_update(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        if refused_without_token(docs, self.token, parameters, UPDATE):
+            return docs
         return self.embed(docs, new_ids=False, thumbnails=True)  # updates need the caller's ids
 
 
@@ -70,16 +79,22 @@ class CLIPTextEncoder(_EncoderExecutor):
         minibatch_size: int = DEFAULT_MINIBATCH,
         num_threads: int | None = None,
         runtime: str | None = None,
+        token: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.write_token(token)
         self.encoder = TextEncoder(
             str(setting(tower, FLOW_ENV_DEFAULTS["TEXT_TOWER"])),
             **self.encoder_options(device, dtype, minibatch_size, num_threads, runtime),
         )
 
     @requests(on=INDEX)
-    def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+    def encode(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        if refused_without_token(docs, self.token, parameters, INDEX):
+            return docs
         return self.embed(docs, new_ids=True, thumbnails=True)
 
     @requests(on=SEARCH_TEXT)
@@ -112,9 +127,11 @@ class CLIPImageEncoder(_EncoderExecutor):
         minibatch_size: int = DEFAULT_MINIBATCH,
         num_threads: int | None = None,
         runtime: str | None = None,
+        token: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
+        self.write_token(token)
         policy = ImagePolicy.create(
             allowed_roots=path_list(setting(allowed_roots, None)),
             allow_remote=bool(setting(allow_remote, False)),
@@ -128,7 +145,11 @@ class CLIPImageEncoder(_EncoderExecutor):
         )
 
     @requests(on=INDEX)
-    def encode(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+    def encode(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        if refused_without_token(docs, self.token, parameters, INDEX):
+            return docs
         return self.embed(docs, new_ids=True, thumbnails=True)
 
     @requests(on=SEARCH_IMAGE)

@@ -28,6 +28,7 @@ FLOW_SETTINGS: dict[str, tuple[str, str]] = {
     "IMAGE_ROOTS": ("", "folders image uris may point into (':'-separated); none: no files"),
     "TORCH_THREADS": ("", "torch threads per encoder process on a CPU host (CPUs / replicas)"),
     "ENCODER_RUNTIME": ("torch", "torch, onnx or onnx-int8 (towers exported by finetune export)"),
+    "API_TOKEN": ("", "token /index, /update and /delete require (parameters.token); empty: open"),
 }
 FLOW_ENV_DEFAULTS = {name: default for name, (default, _) in FLOW_SETTINGS.items()}
 

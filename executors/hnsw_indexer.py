@@ -34,7 +34,8 @@ from client.wire import (
     SearchDoc,
     StatusDoc,
 )
-from executors.documents import to_core, to_wire
+from executors.documents import refused_without_token, to_core, to_wire
+from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from search.hnsw_store import HNSWStore
 from search.index import DEFAULT_MAX_LIMIT, IMAGE, TEXT, Index, search_limit
 from search.sharding import (
@@ -64,11 +65,14 @@ class HNSWIndexer(Executor):
         max_limit: int = DEFAULT_MAX_LIMIT,
         initial_capacity: int = 1024,
         snapshot_every: int = 20_000,
+        token: str | None = None,
         **kwargs: Any,
     ) -> None:
-        """`max_limit` caps the `limit` parameter of the searches; the other arguments are
-        `HNSWStore`'s."""
+        """`max_limit` caps the `limit` parameter of the searches; `token` (API_TOKEN in the
+        Flow YAMLs; empty: none) is what `/index`, `/update` and `/delete` require as
+        `parameters["token"]`; the other arguments are `HNSWStore`'s."""
         super().__init__(**kwargs)
+        self.token = str(setting(token, FLOW_ENV_DEFAULTS["API_TOKEN"]))
         store = HNSWStore(
             self.workspace,
             dim=dim,
@@ -86,7 +90,11 @@ class HNSWIndexer(Executor):
         )
 
     @requests(on=INDEX)
-    def index(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+    def index(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        if refused_without_token(docs, self.token, parameters, INDEX):
+            return docs
         return to_wire(self.index_.index(to_core(docs)))
 
     @requests(on=SEARCH_TEXT)
@@ -106,12 +114,18 @@ class HNSWIndexer(Executor):
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
         """The documents' ids and `parameters['ids']`; one answer per id."""
+        if refused_without_token(docs, self.token, parameters, DELETE):
+            return docs
         ids = (parameters or {}).get("ids") or []
         ids = ids if isinstance(ids, list | tuple) else [ids]
         return to_wire(self.index_.delete(to_core(docs), ids))
 
     @requests(on=UPDATE)
-    def update(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
+    def update(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        if refused_without_token(docs, self.token, parameters, UPDATE):
+            return docs
         return to_wire(self.index_.update(to_core(docs)))
 
     @requests(on=GET)
@@ -139,8 +153,13 @@ class MatchMerger(Executor):
     """
 
     def __init__(
-        self, max_limit: int = DEFAULT_MAX_LIMIT, shards: int | None = None, **kwargs: Any
+        self,
+        max_limit: int = DEFAULT_MAX_LIMIT,
+        shards: int | None = None,
+        token: str | None = None,
+        **kwargs: Any,
     ) -> None:
+        # `token`: the indexer's `uses_with` reaches its `uses_after` too; the shards check it
         super().__init__(**kwargs)
         self.max_limit = int(max_limit)
         self.shards = int(shards or getattr(self.runtime_args, "shards", None) or 1)

@@ -1,0 +1,29 @@
+"""Who may write: the write endpoints need a token when the service has one.
+
+jina 3.34's standard gateway hands executors no HTTP headers and no gRPC metadata, so the
+token travels in the request's `parameters["token"]` (over TLS, or on a trusted network: it is
+a shared secret, not a signature). Reads (searches, /get, /status) stay open.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+TOKEN_PARAMETER = "token"
+
+
+def token_error(
+    required: str | None, parameters: dict[str, Any] | None, endpoint: str
+) -> str | None:
+    """Why a request to the write `endpoint` is refused, or None: the service has a token
+    (`required`) and the request's `parameters["token"]` is not it. Compared in constant
+    time, so the answer's timing tells nothing about the token."""
+    if not required:
+        return None
+    given = (parameters or {}).get(TOKEN_PARAMETER)
+    if isinstance(given, str) and hmac.compare_digest(
+        given.encode("utf-8"), required.encode("utf-8")
+    ):
+        return None
+    return f"this service requires a token for {endpoint} (set SEARCH_TOKEN or --token)"
