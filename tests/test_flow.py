@@ -408,6 +408,7 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
         "IMAGE_ROOTS": "/data/a:/data/b",
         "TORCH_THREADS": "3",
         "ENCODER_RUNTIME": "onnx-int8",
+        "API_TOKEN": "s3cret",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -419,7 +420,9 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
         "tower": "/towers/text",
         "num_threads": 3,
         "runtime": "onnx-int8",
+        "token": "s3cret",
     }
+    assert f["indexer"].args.uses_with == {"token": "s3cret"}
     assert f["image_encoder"].args.uses_with["allowed_roots"] == "/data/a:/data/b"
     assert f["image_encoder"].args.uses_with["allow_remote"] is False
 
