@@ -17,6 +17,7 @@ URI in `blob`, which the image encoder accepts. Text queries go to `/search`, im
 from __future__ import annotations
 
 import base64
+import math
 import mimetypes
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -252,6 +253,7 @@ class SearchClient:
         """One request; documents in and out as plain dicts (SearchDoc's fields). The token,
         if any, goes with the write endpoints."""
         parameters = self._with_token(endpoint, parameters)
+        _check_finite(parameters or {}, "parameters")
         if self.protocol == "http":
             return self._http_post(endpoint, docs, parameters)
         out_type = StatusDoc if endpoint == STATUS else SearchDoc
@@ -331,6 +333,12 @@ class SearchClient:
             raise ClientError(self._unreachable(e)) from e
         if r.status_code == 422:
             raise ClientError(f"{endpoint} refused the request: {_validation_errors(r)}")
+        if r.status_code >= 500:
+            raise ClientError(
+                f"{endpoint} failed: HTTP {r.status_code}: {r.text[:500]} (the gateway could not "
+                f"carry the request: an executor of the Flow may be down, or a value could not "
+                f"be converted; the Flow's log says which)"
+            )
         if r.status_code != 200:
             raise ClientError(f"{endpoint} failed: HTTP {r.status_code}: {r.text[:500]}")
         try:
@@ -364,16 +372,35 @@ def _validation_errors(response: requests.Response) -> str:
         details = None
     if not isinstance(details, list) or not details:
         return f"HTTP 422: {response.text[:500]}"
+    # jina's request model is a union (a list of documents, or one): pydantic reports each
+    # alternative; the ones that point at a document by index are the useful ones
+    indexed = [d for d in details if any(isinstance(p, int) for p in d.get("loc") or [])]
+    details = indexed or details
     parts = []
     for item in details[:10]:
-        loc = [str(p) for p in (item.get("loc") or []) if p != "body"]
-        if len(loc) >= 2 and loc[0] == "data" and loc[1].isdigit():
-            where = f"document {loc[1]}" + (f", field {'.'.join(loc[2:])}" if loc[2:] else "")
+        loc = list(item.get("loc") or [])
+        index = next((i for i, p in enumerate(loc) if isinstance(p, int)), None)
+        if index is not None and "data" in loc[:index]:
+            field = ".".join(str(p) for p in loc[index + 1 :])
+            where = f"document {loc[index]}" + (f", field {field}" if field else "")
         else:
-            where = ".".join(loc) or "the request"
+            where = ".".join(str(p) for p in loc if p != "body") or "the request"
         parts.append(f"{where}: {item.get('msg', item)}")
     more = f" (and {len(details) - 10} more)" if len(details) > 10 else ""
     return "; ".join(parts) + more + " (HTTP 422)"
+
+
+def _check_finite(value: Any, where: str) -> None:
+    """NaN and Infinity are not JSON and not protobuf numbers: jina's gateway fails the whole
+    request on them (HTTP 500), so they are refused here, by name."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ClientError(f"{where} is {value}: parameters must be finite numbers")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_finite(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _check_finite(item, f"{where}[{i}]")
 
 
 def _outcome(doc: dict[str, Any]) -> Outcome:

@@ -124,6 +124,10 @@ def _checked(response_of: Callable[[], Any]) -> Any:
         ) from e
     except grpc.FutureCancelledError as e:
         raise GatewayError("the request was cancelled") from e
+    except Exception as e:  # noqa: BLE001
+        # grpc copies a failed call's reply while raising; jina's reply type cannot be copied
+        # when empty, which is what the gateway sends when an executor of the Flow is gone
+        raise GatewayError(_unreadable(e)) from e
     try:
         status = response.header.status
     except Exception as e:  # noqa: BLE001 - jina's lazy parsing raises anything on a bad reply

@@ -37,16 +37,21 @@ def test_an_unreachable_grpc_gateway_is_a_client_error():
             client.search("a dog")
 
 
-# FastAPI's answer when the gateway's request model refuses a document (as jina's HTTP gateway
-# does for `{"data": [{"text": 5}]}`), before any executor sees the request.
+# What jina 3.34's HTTP gateway answers to `{"data": [{"text": "ok"}, {"text": 5}]}` (its
+# request model refuses the document before any executor sees the request).
 UNPROCESSABLE = {
     "detail": [
         {
             "type": "string_type",
-            "loc": ["body", "data", 1, "text"],
+            "loc": ["body", "data", "list[SearchDoc]", 1, "text"],
             "msg": "Input should be a valid string",
             "input": 5,
-        }
+        },
+        {
+            "type": "model_attributes_type",
+            "loc": ["body", "data", "SearchDoc"],
+            "msg": "Input should be a valid dictionary or object to extract fields from",
+        },
     ]
 }
 
@@ -90,3 +95,26 @@ def test_an_http_422_names_the_document_and_field(http_gateway):
         )
         with pytest.raises(ClientError, match="the answer is not JSON"):
             client.status()
+
+
+def test_nan_and_infinity_in_parameters_are_refused_by_name_before_sending():
+    with SearchClient("http://127.0.0.1:9", timeout=5) as client:
+        with pytest.raises(ClientError, match=r"parameters\.limit is nan"):
+            client.post("/search", [{"text": "a"}], {"limit": float("nan")})
+        with pytest.raises(ClientError, match=r"parameters\.filter\.price\.\$lt is inf"):
+            client.post("/search", [{"text": "a"}], {"filter": {"price": {"$lt": float("inf")}}})
+
+
+def test_a_grpc_call_whose_failure_cannot_be_read_is_a_client_error():
+    # grpc raised jina's ValueError while copying the empty reply of a Flow whose indexer died
+    def broken(request, timeout=None):
+        raise ValueError("the buffer is already decompressed")
+
+    client = SearchClient("grpc://127.0.0.1:9")
+    client._grpc = GrpcTransport("127.0.0.1:9")
+    client._grpc._call = broken
+    try:
+        with pytest.raises(ClientError, match="already decompressed.*may be down"):
+            client.search("a dog")
+    finally:
+        client.close()
