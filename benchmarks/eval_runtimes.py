@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
             + " | ".join(f"{d:+.4f}" for d in deltas)
             + " |"
         )
-    print("| eval seconds | " + " | ".join(f"{results[r]['seconds']:.1f}" for r in RUNTIMES))
+    seconds = " | ".join(f"{results[r]['seconds']:.1f}" for r in RUNTIMES)
+    print(f"| eval seconds | {seconds} | | |")
     print(f"\ncommand: {shlex.join(['.venv/bin/python', 'benchmarks/eval_runtimes.py', *argv])}")
     print(f"CLI: python -m finetune export {run} --onnx --int8")
     for runtime in RUNTIMES:
