@@ -19,8 +19,9 @@ Then, side by side in the same run (rounds alternate between the contestants; me
 runtimes (`--runtimes-only` skips the part above):
 
 - text query encode latency at batch 1 (tokenize + forward, one query string per call, p50 and
-  p90): the 77-token torch TextTower path (as before real-length text) vs the real-length torch
-  tower vs ONNX Runtime fp32 vs ONNX Runtime int8 (`python -m finetune export --onnx --int8`);
+  p90; turns of `--query-block` queries per runtime): the 77-token torch TextTower path (as
+  before real-length text) vs the real-length torch tower vs ONNX Runtime fp32 vs ONNX Runtime
+  int8 (`python -m finetune export --onnx --int8`);
 - image encode images/s at batch `--image-batch` on ready pixel tensors: open_clip's own
   `model.encode_image` on the full CLIP in-process vs our torch tower vs onnx vs onnx-int8;
 - cosine of the onnx / onnx-int8 embeddings to the torch ones (texts and images), and the
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-size", type=int, default=320, help="JPEG size for the executor run")
     p.add_argument("--json", default="runs/bench/bench_encoders.json")
     p.add_argument("--queries", type=int, default=200, help="batch-1 text queries per runtime")
+    p.add_argument("--query-block", type=int, default=20, help="queries per runtime per turn")
     p.add_argument("--image-batch", type=int, default=32)
     p.add_argument("--image-rounds", type=int, default=7, help="timed batches per runtime")
     p.add_argument("--runtimes-only", action="store_true", help="only the runtime comparison")
@@ -235,12 +237,16 @@ def compare_runtimes(args: argparse.Namespace) -> dict:
         tower.encode(queries[:3], batch_size=1)
     latencies: dict[str, list[float]] = {name: [] for name in text_contestants}
     names = list(text_contestants)
-    for i, query in enumerate(queries):
-        # alternate the order, so that no contestant always runs right after another
+    blocks = [queries[i : i + args.query_block] for i in range(0, len(queries), args.query_block)]
+    for i, block in enumerate(blocks):
+        # Turns of `--query-block` queries each, in alternating order: a service runs one
+        # runtime, and ONNX Runtime's threads spin a while after a call, which would slow a torch
+        # call that came right after it.
         for name in names if i % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            text_contestants[name].encode([query], batch_size=1)
-            latencies[name].append(time.perf_counter() - start)
+            for query in block:
+                start = time.perf_counter()
+                text_contestants[name].encode([query], batch_size=1)
+                latencies[name].append(time.perf_counter() - start)
 
     vision = {rt: load_tower(f"{tmp}/clip-vision", "clip-vision", runtime=rt) for rt in RUNTIMES}
     images = [_jpeg_image(b) for b in jpegs(args.image_batch, args.image_size)]
@@ -337,7 +343,8 @@ def print_runtimes(r: dict, args: argparse.Namespace) -> None:
         f"command: .venv/bin/python benchmarks/bench_encoders.py {' '.join(sys.argv[1:])}\n"
     )
     print(
-        f"text query encode, batch 1 ({args.queries} queries per runtime, alternating; queries "
+        f"text query encode, batch 1 ({args.queries} queries per runtime, in alternating turns "
+        f"of {args.query_block}; queries "
         f"average {r['mean_query_tokens']:.1f} tokens incl. start/end)\n"
     )
     print("| runtime | p50 ms | p90 ms | speed-up vs 77-token torch (p50) |")
