@@ -14,6 +14,18 @@ For ViT-B-32 (random weights: speed does not depend on them):
 
 Each number is the median of `--repeats` timed runs after a warm-up (the machine is noisy).
 Prints markdown tables and writes the numbers as JSON.
+
+Then, side by side in the same run (rounds alternate between the contestants; medians), the
+runtimes (`--runtimes-only` skips the part above):
+
+- text query encode latency at batch 1 (tokenize + forward, one query string per call, p50 and
+  p90; turns of `--query-block` queries per runtime): the 77-token torch TextTower path (as
+  before real-length text) vs the real-length torch tower vs ONNX Runtime fp32 vs ONNX Runtime
+  int8 (`python -m finetune export --onnx --int8`);
+- image encode images/s at batch `--image-batch` on ready pixel tensors: open_clip's own
+  `model.encode_image` on the full CLIP in-process vs our torch tower vs onnx vs onnx-int8;
+- cosine of the onnx / onnx-int8 embeddings to the torch ones (texts and images), and the
+  export time and file sizes.
 """
 
 from __future__ import annotations
@@ -105,8 +117,17 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument("--image-size", type=int, default=320, help="JPEG size for the executor run")
     p.add_argument("--json", default="runs/bench/bench_encoders.json")
+    p.add_argument("--queries", type=int, default=200, help="batch-1 text queries per runtime")
+    p.add_argument("--query-block", type=int, default=20, help="queries per runtime per turn")
+    p.add_argument("--image-batch", type=int, default=32)
+    p.add_argument("--image-rounds", type=int, default=7, help="timed batches per runtime")
+    p.add_argument("--runtimes-only", action="store_true", help="only the runtime comparison")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.runtimes_only:
+        result = {"config": {**vars(args), **machine()}, "runtimes": compare_runtimes(args)}
+        save_json(result, args.json)
+        return result
 
     from docarray import DocList
 
@@ -170,8 +191,189 @@ def main(argv: list[str] | None = None) -> dict:
         "towers": rows,
     }
     print_tables(result)
+    result["runtimes"] = compare_runtimes(args)
     save_json(result, args.json)
     return result
+
+
+RUNTIMES = ("torch", "onnx", "onnx-int8")
+QUERY_WORDS = (
+    "a red summer dress with white dots|navy wool coat double breasted|black leather ankle boots "
+    "with a low heel|a dog running on the beach at sunset|two children playing football in a "
+    "park|a man in a blue jacket riding a bike down a busy street|striped cotton shirt|a small "
+    "wooden table with a vase of yellow flowers|white sneakers|a woman with an umbrella walking "
+    "in the rain past a row of shops"
+).split("|")
+
+
+def compare_runtimes(args: argparse.Namespace) -> dict:
+    """Text latency at batch 1 and image throughput: before / torch / onnx / onnx-int8."""
+    from finetune.artifact import ONNX_FILE, ONNX_INT8_FILE, save_towers
+    from finetune.models import create_clip
+    from finetune.onnx_export import export_onnx
+    from finetune.towers import load_tower
+
+    torch.manual_seed(0)
+    bundle = create_clip(args.model)
+    bundle.model.eval()
+    tmp = tempfile.mkdtemp(prefix="bench_encoders_")
+    save_towers(bundle, tmp)
+    export_s = {}
+    sizes_mib = {}
+    for tower in ("clip-text", "clip-vision"):
+        start = time.perf_counter()
+        export_onnx(f"{tmp}/{tower}", int8=True, report=lambda line: print(line, file=sys.stderr))
+        export_s[tower] = time.perf_counter() - start
+        sizes_mib[tower] = {
+            name: Path(f"{tmp}/{tower}/{name}").stat().st_size / 2**20
+            for name in ("model.safetensors", ONNX_FILE, ONNX_INT8_FILE)
+        }
+
+    text = {rt: load_tower(f"{tmp}/clip-text", "clip-text", runtime=rt) for rt in RUNTIMES}
+    before = load_tower(f"{tmp}/clip-text", "clip-text")
+    before.trims = False  # the tower's path before real-length text: all 77 positions
+    text_contestants = {"torch-77": before, **{rt: text[rt] for rt in RUNTIMES}}
+    queries = [QUERY_WORDS[i % len(QUERY_WORDS)] for i in range(args.queries)]
+    for tower in text_contestants.values():  # warm-up
+        tower.encode(queries[:3], batch_size=1)
+    latencies: dict[str, list[float]] = {name: [] for name in text_contestants}
+    names = list(text_contestants)
+    blocks = [queries[i : i + args.query_block] for i in range(0, len(queries), args.query_block)]
+    for i, block in enumerate(blocks):
+        # Turns of `--query-block` queries each, in alternating order: a service runs one
+        # runtime, and ONNX Runtime's threads spin a while after a call, which would slow a torch
+        # call that came right after it.
+        for name in names if i % 2 == 0 else names[::-1]:
+            for query in block:
+                start = time.perf_counter()
+                text_contestants[name].encode([query], batch_size=1)
+                latencies[name].append(time.perf_counter() - start)
+
+    vision = {rt: load_tower(f"{tmp}/clip-vision", "clip-vision", runtime=rt) for rt in RUNTIMES}
+    images = [_jpeg_image(b) for b in jpegs(args.image_batch, args.image_size)]
+    pixels = vision["torch"].prepare(images)
+    pixels_np = pixels.numpy()
+
+    def raw_open_clip():
+        with torch.inference_mode():
+            bundle.model.encode_image(pixels)
+
+    def torch_tower():
+        with torch.inference_mode():
+            vision["torch"](pixels)
+
+    def onnx_run(rt):
+        return lambda: vision[rt].session.run(None, {"pixels": pixels_np})
+
+    image_contestants = {
+        "open_clip encode_image": raw_open_clip,
+        "torch tower": torch_tower,
+        "onnx": onnx_run("onnx"),
+        "onnx-int8": onnx_run("onnx-int8"),
+    }
+    for fn in image_contestants.values():
+        fn()
+    image_times: dict[str, list[float]] = {name: [] for name in image_contestants}
+    names = list(image_contestants)
+    for r in range(args.image_rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            image_times[name].append(_once(image_contestants[name]))
+
+    reference_text = text["torch"].encode(queries[: len(QUERY_WORDS)])
+    reference_image = vision["torch"].encode(images, batch_size=args.image_batch)
+    cosine = {
+        rt: {
+            "text_min": _min_cosine(text[rt].encode(QUERY_WORDS), reference_text),
+            "image_min": _min_cosine(
+                vision[rt].encode(images, batch_size=args.image_batch), reference_image
+            ),
+        }
+        for rt in ("onnx", "onnx-int8")
+    }
+    text_rows = {
+        name: {
+            "p50_ms": 1000 * statistics.median(t),
+            "p90_ms": 1000 * _quantile(t, 0.9),
+        }
+        for name, t in latencies.items()
+    }
+    for row in text_rows.values():
+        row["speedup_vs_torch_77"] = text_rows["torch-77"]["p50_ms"] / row["p50_ms"]
+    image_rows = {
+        name: {"images_per_s": args.image_batch / statistics.median(t)}
+        for name, t in image_times.items()
+    }
+    base = image_rows["open_clip encode_image"]["images_per_s"]
+    for row in image_rows.values():
+        row["ratio_vs_open_clip"] = row["images_per_s"] / base
+    result = {
+        "text_batch1": text_rows,
+        "image_batch": image_rows,
+        "cosine_to_torch": cosine,
+        "export_s": export_s,
+        "sizes_mib": sizes_mib,
+        "mean_query_tokens": float(
+            np.mean([int(before.prepare([q]).argmax()) + 1 for q in QUERY_WORDS])
+        ),
+    }
+    print_runtimes(result, args)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    return result
+
+
+def _jpeg_image(data: bytes):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a * b).sum(axis=1).min())
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def print_runtimes(r: dict, args: argparse.Namespace) -> None:
+    print(
+        f"\n{args.model} (random init), {args.threads} threads; "
+        f"command: .venv/bin/python benchmarks/bench_encoders.py {' '.join(sys.argv[1:])}\n"
+    )
+    print(
+        f"text query encode, batch 1 ({args.queries} queries per runtime, in alternating turns "
+        f"of {args.query_block}; queries "
+        f"average {r['mean_query_tokens']:.1f} tokens incl. start/end)\n"
+    )
+    print("| runtime | p50 ms | p90 ms | speed-up vs 77-token torch (p50) |")
+    print("|---|---:|---:|---:|")
+    for name, row in r["text_batch1"].items():
+        print(
+            f"| {name} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} | "
+            f"{row['speedup_vs_torch_77']:.2f}x |"
+        )
+    print(
+        f"\nimage encode, batch {args.image_batch} of ready pixel tensors (median of "
+        f"{args.image_rounds} batches per runtime, alternating)\n"
+    )
+    print("| runtime | images/s | vs open_clip encode_image |")
+    print("|---|---:|---:|")
+    for name, row in r["image_batch"].items():
+        print(f"| {name} | {row['images_per_s']:.1f} | {row['ratio_vs_open_clip']:.2f}x |")
+    print("\n| runtime | min cosine to torch, texts | min cosine to torch, images |")
+    print("|---|---:|---:|")
+    for name, row in r["cosine_to_torch"].items():
+        print(f"| {name} | {row['text_min']:.6f} | {row['image_min']:.6f} |")
+    print("\n| tower | export + int8 s | safetensors MiB | model.onnx MiB | model.int8.onnx MiB |")
+    print("|---|---:|---:|---:|---:|")
+    for tower, sizes in r["sizes_mib"].items():
+        print(
+            f"| {tower} | {r['export_s'][tower]:.1f} | {sizes['model.safetensors']:.0f} | "
+            f"{sizes['model.onnx']:.0f} | {sizes['model.int8.onnx']:.0f} |"
+        )
 
 
 def print_tables(r: dict) -> None:

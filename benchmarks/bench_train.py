@@ -41,6 +41,12 @@ can slow a step 10x): compare trainers only within one run of this script, use -
 for numbers you quote, check the "other work" row, and trust the p90 row over the median when
 it is high (the throughput verdict then says "inconclusive").
 
+ViT-B-32 with captions of Flickr length (`--model ViT-B-32 --caption-tokens 20 30`: every
+training caption is lengthened with scene phrases to 20-30 tokens, start and end included, the
+length of Flickr8k/30k captions; the generated ones are shorter). On 2 cores keep it to a few
+minutes per run, e.g. `--model ViT-B-32 --caption-tokens 20 30 --n 72 --epochs 1 --batch-size 16
+--repeats 2` (17 steps per trainer).
+
 Reproduce (defaults: --n 600 --epochs 2 --batch-size 64 --lr 1e-3 --workers 1 --repeats 1):
 
     .venv/bin/python benchmarks/bench_train.py --repeats 3 --out results.json --plot loss.png
@@ -138,11 +144,69 @@ class Data:
     n_pairs: int
 
 
-def make_data(root: Path, n: int, batch_size: int, seed: int) -> Data:
+# Phrases that lengthen a generated caption towards Flickr length (scene, light, setting).
+CAPTION_PHRASES = (
+    "on a plain light background",
+    "in the middle of the picture",
+    "with soft shadows around it",
+    "seen from a little above",
+    "next to a few smaller shapes",
+    "under bright even light",
+    "with a thin dark outline",
+    "on a slightly textured surface",
+    "in a simple flat drawing style",
+    "close to the edge of the frame",
+)
+
+
+def lengthen_captions(
+    captions_file: Path, model: str, lo: int, hi: int, seed: int
+) -> tuple[float, int, int]:
+    """Extend every caption with scene phrases until it is lo..hi tokens long (start and end
+    included), as the model's tokenizer counts; returns (mean, min, max) tokens."""
+    import random
+
+    import open_clip
+
+    tokenizer = open_clip.get_tokenizer(model)
+    rng = random.Random(seed)
+
+    def n_tokens(text: str) -> int:
+        return int(tokenizer([text]).argmax()) + 1
+
+    lines = captions_file.read_text(encoding="utf-8").splitlines()
+    out, lengths = [lines[0]], []
+    for line in lines[1:]:
+        image, caption = line.split(",", 1)
+        target = rng.randint(lo, hi)
+        phrases = rng.sample(CAPTION_PHRASES, len(CAPTION_PHRASES))
+        while n_tokens(caption) < target and phrases:
+            caption = f"{caption} {phrases.pop()}"
+        words = caption.split()
+        while n_tokens(" ".join(words)) > hi:
+            words.pop()
+        caption = " ".join(words)
+        lengths.append(n_tokens(caption))
+        out.append(f"{image},{caption}")
+    captions_file.write_text("\n".join(out) + "\n", encoding="utf-8")
+    return sum(lengths) / len(lengths), min(lengths), max(lengths)
+
+
+def make_data(
+    root: Path,
+    n: int,
+    batch_size: int,
+    seed: int,
+    caption_tokens: tuple[int, int] | None = None,
+    model: str = MODEL,
+) -> Data:
     from demo.sample_data import generate_sample_data
     from finetune.data import load_pairs
 
     info = generate_sample_data("generic", n, root, seed=seed, progress=False)
+    if caption_tokens:
+        mean, low, high = lengthen_captions(Path(info.train_file), model, *caption_tokens, seed)
+        print(f"captions lengthened: {mean:.1f} tokens on average ({low}-{high})")
     pairs = load_pairs(info.train_file, format="flickr8k").pairs
     n_available = len(pairs)
     n_pairs = n_available // batch_size * batch_size
@@ -193,12 +257,13 @@ class Settings:
     workers: int
     seed: int
     steps_per_epoch: int
+    model: str = MODEL
 
 
 def ours_command(data: Data, s: Settings, out_dir: Path) -> list[str]:
     return [
         sys.executable, "-c", OURS_LAUNCHER, "fit",
-        "--model", MODEL,
+        "--model", s.model,
         "--train-data", data.captions_file,
         "--format", "flickr8k",
         "--max-pairs", str(data.n_pairs),
@@ -222,7 +287,7 @@ def ours_command(data: Data, s: Settings, out_dir: Path) -> list[str]:
 def openclip_command(data: Data, s: Settings, logs_dir: Path, name: str) -> list[str]:
     return [
         sys.executable, "-c", OPENCLIP_LAUNCHER,
-        "--model", MODEL,
+        "--model", s.model,
         "--train-data", data.csv_file,
         "--dataset-type", "csv",
         "--csv-img-key", "filepath",
@@ -578,7 +643,7 @@ def table(ours: dict[str, float], oc: dict[str, float], noisy: bool) -> tuple[st
     return "\n".join(lines), verdicts
 
 
-def plot(path: Path, results: list[RunResult], batch_size: int) -> None:
+def plot(path: Path, results: list[RunResult], batch_size: int, model: str = MODEL) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -604,7 +669,7 @@ def plot(path: Path, results: list[RunResult], batch_size: int) -> None:
     for ax in (ax_loss, ax_tp):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"{MODEL}, random init: finetune fit vs open_clip_train (noisy shared CPU)")
+    fig.suptitle(f"{model}, random init: finetune fit vs open_clip_train (noisy shared CPU)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -621,6 +686,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="The machine is noisy: use --repeats >= 3 for numbers you quote.",
     )
     p.add_argument("--n", type=int, default=600, help="images (5 captions each; 80%% train)")
+    p.add_argument("--model", default=MODEL, help="open_clip architecture, random init")
+    p.add_argument(
+        "--caption-tokens",
+        type=int,
+        nargs=2,
+        metavar=("MIN", "MAX"),
+        default=None,
+        help="lengthen the training captions to MIN..MAX tokens (Flickr captions: 20 30)",
+    )
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -658,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench_train: working in {tmp} ({'kept' if args.keep else 'removed at the end'})")
     print("NOTE: this machine is noisy (shared CPU cores); numbers vary run to run.")
     try:
-        data = make_data(tmp / "data", args.n, args.batch_size, args.seed)
+        data = make_data(
+            tmp / "data", args.n, args.batch_size, args.seed, args.caption_tokens, args.model
+        )
         steps_per_epoch = data.n_pairs // args.batch_size
         total_steps = steps_per_epoch * args.epochs
         warmup = args.warmup_steps
@@ -675,6 +751,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             seed=args.seed,
             steps_per_epoch=steps_per_epoch,
+            model=args.model,
         )
         print(
             f"data: {data.n_pairs} pairs of {data.n_images} images "
@@ -722,7 +799,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(
-            f"## {MODEL} training on CPU: ours vs open_clip_train "
+            f"## {args.model} training on CPU: ours vs open_clip_train "
             f"(median of {args.repeats} run{'s' * (args.repeats > 1)} each)"
         )
         print()
@@ -759,7 +836,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {t}: {next(r.command for r in results if r.trainer == t)}")
 
         if args.plot:
-            plot(Path(args.plot), results, args.batch_size)
+            plot(Path(args.plot), results, args.batch_size, args.model)
             print(f"plot: {args.plot}")
         if args.out:
             payload = {
