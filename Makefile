@@ -64,8 +64,8 @@ base-model: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_index.py
+	$(BIN)/python benchmarks/bench_filter.py
 	$(BIN)/python benchmarks/bench_flow.py
-	$(BIN)/python benchmarks/bench_flow_hops.py
 	$(BIN)/python benchmarks/bench_encoders.py
 
 clean:

@@ -21,7 +21,7 @@ from typing import Any
 from finetune import atomic
 from finetune.artifact import load_model
 from finetune.data import detect_format, load_pairs
-from finetune.evaluate import evaluate_bundle
+from finetune.evaluation import evaluate_bundle
 from finetune.models import resolve_device
 from finetune.report import make_row, write_report
 from finetune.train import FitConfig, fit

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
 from finetune.atomic import atomic_path, write_json
 from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
-from finetune.evaluate import DEFAULT_RECALL_K, default_workers, evaluate_bundle
+from finetune.evaluation import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import LOSSES, create_loss
 from finetune.models import CLIPBundle
 from finetune.text_length import RealLengthCLIP, supports_trimming, trimmed_collate

@@ -133,3 +133,11 @@ def test_bad_input_exits_2_with_a_message_not_a_traceback(tmp_path, capsys):
     assert code == 2
     assert "missing.csv" in err and "Traceback" not in err
     assert main(["eval", "--model", "ViT-Nope-1", "--data", str(tmp_path / "x.csv")]) == 2
+
+
+def test_the_package_api_names_stay_functions_whatever_was_imported_first():
+    import finetune.api
+    import finetune.train
+
+    for name in ("fit", "get_model", "encode", "evaluate"):
+        assert callable(getattr(finetune, name)), name  # no submodule shadows the API name

@@ -14,7 +14,7 @@ from finetune.api import evaluate
 from finetune.artifact import ONNX_FILE, ONNX_INT8_FILE
 from finetune.cli import main
 from finetune.data import load_pairs
-from finetune.evaluate import evaluate_towers
+from finetune.evaluation import evaluate_towers
 from finetune.onnx_export import export_onnx
 from finetune.towers import load_tower
 
