@@ -113,11 +113,12 @@ class InProcess:
         self.store = HNSWStore(workspace)
 
     def index_batches(self, paths: list[Path], batch: int, store: bool) -> float:
-        """images/s of the image encoder (plus the store's upsert if `store`)."""
+        """images/s of the image encoder, thumbnails included (plus the store's upsert if
+        `store`)."""
         start = time.perf_counter()
         for chunk in batched(paths, batch):
             docs = [Document(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
-            self.image_encoder.embed(docs)
+            self.image_encoder.embed(docs, thumbnails=True)  # as the Flow indexes
             if store:
                 self.store.upsert(
                     [d.id for d in docs], [d.embedding for d in docs], uri=[d.uri for d in docs]
