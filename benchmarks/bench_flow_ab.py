@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     s, i = result["search_p50_ms"], result["index_images_per_s"]
     print(
         f"| text search p50, ms (gRPC) | {s['this']:.2f} | {s['other']:.2f} "
-        f"| {result['search_p50_difference_ms']:+.2f} ms, {result['search_p50_ratio']:.2f}x lower |"
+        f"| {result['search_p50_difference_ms']:+.2f} ms; "
+        f"that / this {result['search_p50_ratio']:.2f}x |"
     )
     print(
         f"| indexing, images/s | {i['this']:.1f} | {i['other']:.1f} "
