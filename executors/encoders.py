@@ -59,6 +59,14 @@ class _EncoderExecutor(Executor):
             self.logger.warning(f"{failed} documents could not be embedded")
         return to_wire(documents)
 
+    @requests(on=INDEX)
+    def encode(
+        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
+    ) -> DocList[SearchDoc]:
+        if refused_without_token(docs, self.token, parameters, INDEX):
+            return docs
+        return self.embed(docs, new_ids=True, thumbnails=True)
+
     @requests(on=UPDATE)
     def encode_update(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
@@ -88,14 +96,6 @@ class CLIPTextEncoder(_EncoderExecutor):
             str(setting(tower, FLOW_ENV_DEFAULTS["TEXT_TOWER"])),
             **self.encoder_options(device, dtype, minibatch_size, num_threads, runtime),
         )
-
-    @requests(on=INDEX)
-    def encode(
-        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
-    ) -> DocList[SearchDoc]:
-        if refused_without_token(docs, self.token, parameters, INDEX):
-            return docs
-        return self.embed(docs, new_ids=True, thumbnails=True)
 
     @requests(on=SEARCH_TEXT)
     def encode_queries(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
@@ -143,14 +143,6 @@ class CLIPImageEncoder(_EncoderExecutor):
             policy=policy,
             **self.encoder_options(device, dtype, minibatch_size, num_threads, runtime),
         )
-
-    @requests(on=INDEX)
-    def encode(
-        self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
-    ) -> DocList[SearchDoc]:
-        if refused_without_token(docs, self.token, parameters, INDEX):
-            return docs
-        return self.embed(docs, new_ids=True, thumbnails=True)
 
     @requests(on=SEARCH_IMAGE)
     def encode_queries(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
