@@ -52,6 +52,9 @@ DEFAULT_TIMEOUT_S = 300.0
 # Requests the gRPC client may have in flight: enough to keep every executor busy, few enough
 # that image bytes read ahead stay bounded (IN_FLIGHT x batch size images).
 IN_FLIGHT = 4
+# jina 3.34's HTTP gateway cuts a request into chunks of 100 documents and answers with the
+# first chunk to finish: over HTTP the client never sends more, so every reply is whole.
+HTTP_MAX_DOCS = 100
 # The endpoints that carry the token (reads stay open).
 WRITE_ENDPOINTS = (INDEX, UPDATE, DELETE)
 
@@ -184,7 +187,7 @@ class SearchClient:
                     parameters=self._with_token(INDEX, None),
                 )
         else:
-            for batch in batched(docs, batch_size):
+            for batch in batched(docs, min(batch_size, HTTP_MAX_DOCS)):
                 done([_outcome(d) for d in self.post(INDEX, batch)])
         return outcomes
 
@@ -238,7 +241,11 @@ class SearchClient:
 
     def delete(self, ids: Iterable[str]) -> list[Outcome]:
         """Delete documents by id; unknown ids come back with error `unknown id`."""
-        return [_outcome(d) for d in self.post(DELETE, [{"id": str(i)} for i in ids])]
+        return [
+            _outcome(d)
+            for batch in batched(({"id": str(i)} for i in ids), HTTP_MAX_DOCS)
+            for d in self.post(DELETE, batch)
+        ]
 
     def status(self) -> dict[str, Any]:
         """The index's counts and parameters."""
@@ -322,6 +329,11 @@ class SearchClient:
     def _http_post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
+        if len(docs) > HTTP_MAX_DOCS:
+            raise ClientError(
+                f"{endpoint}: {len(docs)} documents in one HTTP request; the gateway would answer "
+                f"for the first {HTTP_MAX_DOCS} only: send at most {HTTP_MAX_DOCS} per request"
+            )
         payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters or {}}
         if self._http is None:
             self._http = requests.Session()  # kept alive: no TCP handshake per query

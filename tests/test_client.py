@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from test_flow import flow_env
 
-from client.api import ClientError, SearchClient, images_to_index
+from client.api import ClientError, IndexItem, SearchClient, images_to_index
 from client.cli import main
 from demo import BASE_MODEL_DIR, REPO
 from demo.served_flow import ServedFlow, free_port
@@ -208,3 +208,21 @@ def test_a_product_csv_indexes_its_extra_columns_as_tags_to_filter_on(flow, tmp_
                 client.search(text="a coat", filter={"price": {"$lt": "cheap"}})
             tags = client.status()["tags"]
             assert set(tags) >= {"gender", "colour", "price"} and tags["price"]["max"] >= 120
+
+
+@pytest.mark.slow
+def test_every_document_of_a_large_job_gets_its_own_outcome(host, flow, tmp_path):
+    # jina's HTTP gateway answers only the first 100 documents of a request: the client
+    # splits its jobs so that each reply covers everything it sent
+    Image.new("RGB", (24, 24), (90, 10, 200)).save(tmp_path / "one.png")
+    items = [IndexItem(f"bulk/{i}", str(tmp_path / "one.png")) for i in range(250)]
+    with SearchClient(host) as client:
+        indexed = client.index(items, batch_size=250)
+        assert [o.id for o in indexed] == [i.id for i in items]
+        assert all(o.error is None for o in indexed)
+        deleted = client.delete([i.id for i in items] + ["bulk/none"])
+        assert len(deleted) == 251 and all(o.error is None for o in deleted[:250])
+        assert deleted[250].error == "unknown id"
+        if client.protocol == "http":
+            with pytest.raises(ClientError, match="at most 100 per request"):
+                client.post("/delete", [{"id": f"x{i}"} for i in range(101)])
