@@ -51,6 +51,7 @@ from typing import IO, Any, NamedTuple
 import hnswlib
 import numpy as np
 
+from finetune import atomic
 from search.filters import Filter, TagIndex, parse_filter
 
 log = logging.getLogger(__name__)
@@ -385,11 +386,9 @@ class HNSWStore:
             if self._index is None or self._snapshot_seq == self._seq:
                 return
             name = f"index-{self._seq}.bin"
-            tmp = self.path / f"{name}.tmp"
-            self._index.save_index(str(tmp))
-            _fsync(tmp)
-            os.replace(tmp, self.path / name)
-            _write_json_atomic(self.path / SNAPSHOT_META, self._snapshot_meta(name))
+            with atomic.atomic_path(self.path / name) as tmp:
+                self._index.save_index(str(tmp))
+            atomic.write_json(self.path / SNAPSHOT_META, self._snapshot_meta(name))
             self._snapshot_seq = self._seq
             self._changes_since_snapshot = 0
             self._remove_stale_files(keep=name)
@@ -803,7 +802,7 @@ class HNSWStore:
 
     def _remove_temp_files(self) -> None:
         """Drop leftovers of a snapshot write interrupted by a crash."""
-        for path in self.path.glob("*.tmp"):
+        for path in self.path.glob(f"*{atomic.TEMP_SUFFIX}"):
             path.unlink(missing_ok=True)
 
 
@@ -841,25 +840,6 @@ def _transaction(db: sqlite3.Connection) -> Iterator[None]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file, or a directory (which makes a rename inside it durable)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
 
 
 def _encode_tags(tags: Any) -> tuple[str | None, str | None]:
