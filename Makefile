@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_filter.py
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_encoders.py
+	$(BIN)/python benchmarks/bench_load.py
 
 clean:
 	rm -rf runs/demo .pytest_cache
