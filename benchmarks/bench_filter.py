@@ -30,7 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import BATCH, clustered_data, recall_at_k, timings  # noqa: E402
+from bench_index import (  # noqa: E402
+    BATCH,
+    add_index_arguments,
+    clustered_data,
+    recall_at_k,
+    timings,
+)
 from results import save_json  # noqa: E402
 
 from search.hnsw_store import HNSWStore  # noqa: E402
@@ -40,14 +46,7 @@ FRACTIONS = (0.5, 0.1, 0.01, 0.001)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--n", type=int, default=100_000, help="indexed vectors")
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--queries", type=int, default=1000)
-    parser.add_argument("--clusters", type=int, default=1000)
-    parser.add_argument("--spread", type=float, default=1.0, help="noise norm / centre norm")
-    parser.add_argument("--k", type=int, default=10, help="neighbours per query (recall@k)")
-    parser.add_argument("--M", type=int, default=16)
-    parser.add_argument("--ef-construction", type=int, default=200)
+    add_index_arguments(parser)
     parser.add_argument("--ef", type=int, default=64, help="the store's search ef")
     parser.add_argument("--repeats", type=int, default=5, help="timing runs (median reported)")
     parser.add_argument("--query-threads", type=int, default=2, help="the store's num_threads")

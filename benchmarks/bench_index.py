@@ -54,8 +54,8 @@ from search.hnsw_store import HNSWStore  # noqa: E402
 BATCH = 10_000  # vectors per HNSWStore.upsert call while building
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data set and graph options this benchmark and bench_filter.py share."""
     parser.add_argument("--n", type=int, default=100_000, help="indexed vectors")
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--queries", type=int, default=1000)
@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--k", type=int, default=10, help="neighbours per query (recall@k)")
     parser.add_argument("--M", type=int, default=16)
     parser.add_argument("--ef-construction", type=int, default=200)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_index_arguments(parser)
     parser.add_argument("--efs", default="16,24,28,32,64,128,256", help="comma-separated ef values")
     parser.add_argument("--repeats", type=int, default=5, help="timing runs (median reported)")
     parser.add_argument("--query-threads", type=int, default=1)
