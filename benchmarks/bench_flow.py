@@ -118,7 +118,7 @@ class InProcess:
         start = time.perf_counter()
         for chunk in batched(paths, batch):
             docs = [Document(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
-            self.image_encoder.embed(docs, thumbnails=True)  # as the Flow indexes
+            self.image_encoder.embed(docs, indexing=True)  # thumbnails too, as the Flow indexes
             if store:
                 self.store.upsert(
                     [d.id for d in docs], [d.embedding for d in docs], uri=[d.uri for d in docs]

@@ -45,16 +45,14 @@ class _EncoderExecutor(Executor):
             "num_threads": int(setting(num_threads, 0)) or torch_threads(replicas),
         }
 
-    def embed(
-        self, docs: DocList[SearchDoc], new_ids: bool, thumbnails: bool
-    ) -> DocList[SearchDoc]:
+    def embed(self, docs: DocList[SearchDoc], new_ids: bool, indexing: bool) -> DocList[SearchDoc]:
         documents = to_core(docs)
         if new_ids:
             for doc in documents:
                 # JSON documents posted to the HTTP gateway without an id arrive with id None;
                 # ids are given here, before the index shards, so that every shard sees one.
                 doc.id = doc.id or uuid.uuid4().hex
-        failed = self.encoder.embed(documents, thumbnails=thumbnails)
+        failed = self.encoder.embed(documents, indexing=indexing)
         if failed:
             self.logger.warning(f"{failed} documents could not be embedded")
         return to_wire(documents)
@@ -65,7 +63,7 @@ class _EncoderExecutor(Executor):
     ) -> DocList[SearchDoc]:
         if refused_without_token(docs, self.token, parameters, INDEX):
             return docs
-        return self.embed(docs, new_ids=True, thumbnails=True)
+        return self.embed(docs, new_ids=True, indexing=True)
 
     @requests(on=UPDATE)
     def encode_update(
@@ -73,7 +71,7 @@ class _EncoderExecutor(Executor):
     ) -> DocList[SearchDoc]:
         if refused_without_token(docs, self.token, parameters, UPDATE):
             return docs
-        return self.embed(docs, new_ids=False, thumbnails=True)  # updates need the caller's ids
+        return self.embed(docs, new_ids=False, indexing=True)  # updates need the caller's ids
 
 
 class CLIPTextEncoder(_EncoderExecutor):
@@ -99,7 +97,7 @@ class CLIPTextEncoder(_EncoderExecutor):
 
     @requests(on=SEARCH_TEXT)
     def encode_queries(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return self.embed(docs, new_ids=False, thumbnails=False)
+        return self.embed(docs, new_ids=False, indexing=False)
 
     @requests(on=SEARCH_IMAGE)
     def pass_through(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
@@ -146,4 +144,4 @@ class CLIPImageEncoder(_EncoderExecutor):
 
     @requests(on=SEARCH_IMAGE)
     def encode_queries(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return self.embed(docs, new_ids=False, thumbnails=False)
+        return self.embed(docs, new_ids=False, indexing=False)

@@ -92,9 +92,9 @@ class TowerEncoder:
             raise ValueError(f"minibatch_size must be >= 1, got {minibatch_size}")
         self.minibatch_size = int(minibatch_size)
 
-    def embed(self, docs: Sequence[Document], thumbnails: bool = False) -> int:
+    def embed(self, docs: Sequence[Document], indexing: bool = False) -> int:
         """Set `embedding` (or `error`) on the documents this encoder is for, in place;
-        returns how many of them failed. With `thumbnails` the documents are being indexed
+        returns how many of them failed. With `indexing` the documents are to be stored
         (not queries): an image encoder also sets each image document's `thumbnail`, and the
         limits on stored fields apply. The limits of `search.limits` are checked before any
         work: a request over `MAX_DOCS_PER_REQUEST` documents is refused whole."""
@@ -103,7 +103,7 @@ class TowerEncoder:
         refused = 0
         for doc in docs:
             if doc.error is None:
-                doc.error = document_error(doc, stored=thumbnails)
+                doc.error = document_error(doc, stored=indexing)
                 refused += doc.error is not None
         todo = [d for d in docs if d.error is None and d.embedding is None and self.accepts(d)]
         budget = self.request_budget()
@@ -112,7 +112,7 @@ class TowerEncoder:
                 ready, inputs, held = [], [], 0
                 for doc in chunk:
                     try:
-                        inputs.append(self.model_input(doc, thumbnails, budget))
+                        inputs.append(self.model_input(doc, indexing, budget))
                         ready.append(doc)
                     except Exception as e:  # noqa: BLE001 - any bad input is this doc's error
                         doc.error = error_message(e)
@@ -154,7 +154,7 @@ class TowerEncoder:
         raise NotImplementedError
 
     def model_input(
-        self, doc: Document, thumbnail: bool, budget: PixelBudget | None
+        self, doc: Document, indexing: bool, budget: PixelBudget | None
     ) -> Any:  # pragma: no cover - abstract
         """What the tower's `encode` takes for this doc; raises with a message if unusable.
         `budget`: what is left of the request's decoded pixels (`request_budget`)."""
@@ -181,7 +181,7 @@ class TextEncoder(TowerEncoder):
     def accepts(self, doc: Document) -> bool:
         return doc.is_text_query
 
-    def model_input(self, doc: Document, thumbnail: bool, budget: PixelBudget | None) -> str:
+    def model_input(self, doc: Document, indexing: bool, budget: PixelBudget | None) -> str:
         if not doc.text.strip():
             raise ValueError(EMPTY_TEXT_ERROR)
         return clip_text(doc.text, self.tower.context_length)
@@ -223,10 +223,10 @@ class ImageEncoder(TowerEncoder):
     def request_budget(self) -> PixelBudget:
         return PixelBudget(self.max_request_pixels)
 
-    def model_input(self, doc: Document, thumbnail: bool, budget: PixelBudget | None) -> Any:
+    def model_input(self, doc: Document, indexing: bool, budget: PixelBudget | None) -> Any:
         image = self.policy.load(doc, budget)
         check_resize_cost(image, self.short_side, self.policy.max_pixels)
-        if thumbnail:
+        if indexing:
             doc.thumbnail = make_thumbnail(image)
         return image
 

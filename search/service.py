@@ -76,7 +76,7 @@ class SearchService:
     ) -> list[Document]:
         """Set `matches` on each query document (text queries, or image queries)."""
         encoder = self.text_encoder if modality == TEXT else self.image_encoder
-        encoder.embed(docs, thumbnails=False)
+        encoder.embed(docs)
         return self.index_.search(docs, parameters or {}, modality)
 
     def delete(self, ids: Iterable[str]) -> list[Document]:
@@ -127,5 +127,5 @@ class SearchService:
         self.close()
 
     def _embed(self, docs: list[Document]) -> None:
-        self.image_encoder.embed(docs, thumbnails=True)
-        self.text_encoder.embed(docs)
+        self.image_encoder.embed(docs, indexing=True)
+        self.text_encoder.embed(docs, indexing=True)

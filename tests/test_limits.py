@@ -119,7 +119,7 @@ def test_encoders_check_the_limits_before_any_work(text_encoder):
     stored = [Document(text=long), Document(text="a dog", uri="u" * (MAX_URI_CHARS + 1))]
     stored.append(Document(text="a cat", tags={"k": {"x": 1}}))
     stored.append(Document(text="a cow"))
-    assert text_encoder.embed(stored, thumbnails=True) == 3
+    assert text_encoder.embed(stored, indexing=True) == 3
     assert "MAX_TEXT_CHARS" in stored[0].error and "MAX_URI_CHARS" in stored[1].error
     assert "values must be" in stored[2].error and stored[3].embedding is not None
     assert all(d.embedding is None for d in stored[:3])
@@ -150,7 +150,7 @@ def test_the_image_encoder_spends_one_budget_per_request():
     encoder = ImageEncoder(BASE_MODEL_DIR / "clip-vision", num_threads=1, max_request_pixels=budget)
     docs = [Document(blob=png((200, 200), (i * 40, 0, 0))) for i in range(5)]
     docs.insert(4, Document(blob=png((20, 20))))  # still fits after the 4th image did not
-    assert encoder.embed(docs, thumbnails=True) == 2
+    assert encoder.embed(docs, indexing=True) == 2
     assert [d.embedding is not None for d in docs] == [True, True, True, False, True, False]
     assert "MAX_REQUEST_PIXELS" in docs[3].error and "MAX_REQUEST_PIXELS" in docs[5].error
     assert encoder.embed([Document(blob=png((200, 200)))]) == 0  # a new request, a new budget
