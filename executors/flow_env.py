@@ -29,6 +29,16 @@ FLOW_SETTINGS: dict[str, tuple[str, str]] = {
     "TORCH_THREADS": ("", "torch threads per encoder process on a CPU host (CPUs / replicas)"),
     "ENCODER_RUNTIME": ("torch", "torch, onnx or onnx-int8 (towers exported by finetune export)"),
     "API_TOKEN": ("", "token /index, /update and /delete require (parameters.token); empty: open"),
+    "EXECUTOR_HOST": (
+        "127.0.0.1",
+        "address the executors and shard heads listen on (internal ports); 0.0.0.0 only where "
+        "another machine routes to them (the Kubernetes export sets it)",
+    ),
+    "MONITORING": ("false", "true: every process serves Prometheus metrics (on all interfaces)"),
+    "GATEWAY_METRICS_PORT": ("9090", "the gateway's metrics port"),
+    "IMAGE_ENCODER_METRICS_PORTS": ("9091,9094", "image encoder's, one per replica"),
+    "TEXT_ENCODER_METRICS_PORTS": ("9092,9095", "text encoder's, one per replica"),
+    "INDEXER_METRICS_PORTS": ("9093", "indexer's (flow.yml only)"),
 }
 FLOW_ENV_DEFAULTS = {name: default for name, (default, _) in FLOW_SETTINGS.items()}
 
