@@ -57,7 +57,7 @@ from results import machine, save_json  # noqa: E402
 
 from client.api import SearchClient  # noqa: E402
 from demo import BASE_MODEL_DIR  # noqa: E402
-from demo.served_flow import ServedFlow, flow_env  # noqa: E402
+from demo.served_flow import ServedFlow, flow_env, open_files  # noqa: E402
 
 QUERIES = [
     "a red square",
@@ -108,40 +108,10 @@ def write(client: SearchClient, endpoint: str, doc: dict[str, Any]) -> None:
 # --- the Flow and its indexer process -----------------------------------------------------------
 
 
-def group_members(pgid: int) -> list[int]:
-    """The pids of a process group, read from /proc."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # the fields after the command name (which may hold spaces) start with state, ppid, pgrp
-        fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:
-            pids.append(int(entry.name))
-    return pids
-
-
 def indexer_pids(flow: ServedFlow, workspace: Path) -> list[int]:
     """The Flow's processes holding files under WORKSPACE/HNSWIndexer (its store's lock)."""
     prefix = str((workspace / "HNSWIndexer").resolve())
-    found = []
-    for pid in group_members(flow.proc.pid):
-        try:
-            fds = list(Path(f"/proc/{pid}/fd").iterdir())
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(fd).startswith(prefix):
-                    found.append(pid)
-                    break
-            except OSError:
-                continue
-    return found
+    return [pid for pid in flow.members() if any(f.startswith(prefix) for f in open_files(pid))]
 
 
 # --- the load -----------------------------------------------------------------------------------

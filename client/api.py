@@ -35,6 +35,7 @@ from client.grpc_transport import GatewayError, GrpcTransport
 from client.wire import (
     DELETE,
     GET,
+    HEALTH,
     INDEX,
     SEARCH_IMAGE,
     SEARCH_TEXT,
@@ -61,6 +62,20 @@ WRITE_ENDPOINTS = (INDEX, UPDATE, DELETE)
 
 class ClientError(RuntimeError):
     """The service could not be reached or refused a whole request; the message says why."""
+
+
+class ServiceUnreachable(ClientError):
+    """Nothing answered at the service's address (as opposed to a failed request)."""
+
+
+@dataclass
+class Health:
+    """What a `/health` request found: `healthy` when every executor and shard it must pass
+    answered; `executors` lists who did (runtime name and shard), `error` says what failed."""
+
+    healthy: bool
+    executors: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
 
 
 @dataclass
@@ -252,6 +267,18 @@ class SearchClient:
         answers = self.post(STATUS, [])
         return answers[0].get("info", {}) if answers else {}
 
+    def health(self) -> Health:
+        """Whether every executor of the Flow (one replica of each, every index shard) answers.
+        Unhealthy when one is down or a shard is missing; raises `ServiceUnreachable` when
+        nothing answers at the address."""
+        try:
+            answers = self.post(HEALTH, [])
+        except ServiceUnreachable:
+            raise
+        except ClientError as e:
+            return Health(False, error=str(e))
+        return Health(True, [a.get("info", {}) for a in answers])
+
     # --- transport ------------------------------------------------------------------------
 
     def post(
@@ -263,7 +290,7 @@ class SearchClient:
         _check_finite(parameters or {}, "parameters")
         if self.protocol == "http":
             return self._http_post(endpoint, docs, parameters)
-        out_type = StatusDoc if endpoint == STATUS else SearchDoc
+        out_type = StatusDoc if endpoint in (STATUS, HEALTH) else SearchDoc
         with self._grpc_errors():
             result = self._transport().post(
                 endpoint,
@@ -323,7 +350,7 @@ class SearchClient:
             yield
         except GatewayError as e:
             if e.unreachable:
-                raise ClientError(self._unreachable(e)) from e
+                raise self._unreachable(e) from e
             raise ClientError(f"the search service at {self.host} failed the request: {e}") from e
 
     def _http_post(
@@ -342,7 +369,7 @@ class SearchClient:
                 self.host.rstrip("/") + endpoint, json=payload, timeout=self.timeout
             )
         except requests.RequestException as e:
-            raise ClientError(self._unreachable(e)) from e
+            raise self._unreachable(e) from e
         if r.status_code == 422:
             raise ClientError(f"{endpoint} refused the request: {_validation_errors(r)}")
         if r.status_code >= 500:
@@ -362,16 +389,16 @@ class SearchClient:
             raise ClientError(f"{endpoint} failed: {header['status']}")
         return body.get("data") or []
 
-    def _unreachable(self, error: Exception) -> str:
+    def _unreachable(self, error: Exception) -> ClientError:
         if (
             isinstance(error, ConnectionError | GatewayError)
             or "ConnectionError" in type(error).__name__
         ):
-            return (
+            return ServiceUnreachable(
                 f"cannot talk to the search service at {self.host} ({type(error).__name__}: "
                 f"{error}); is the Flow running (jina flow --uses flow.yml)?"
             )
-        return f"the search service at {self.host} failed the request: {error!r}"
+        return ClientError(f"the search service at {self.host} failed the request: {error!r}")
 
 
 def _validation_errors(response: requests.Response) -> str:

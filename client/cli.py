@@ -6,11 +6,13 @@
     python -m client search --image query.jpg
     python -m client delete cats/1.jpg dogs/7.png
     python -m client status
+    python -m client health                             # exit 0 when every executor answers
     python -m client --host http://127.0.0.1:51001 status
     python -m client ui                                 # the search page, http://127.0.0.1:51002
 
 Exit status: 0 on success, 1 when some documents failed (listed at the end) or ids were
-unknown, 2 on a usage error or when the service cannot be reached.
+unknown (`health`: when an executor or index shard is down), 2 on a usage error or when the
+service cannot be reached.
 """
 
 from __future__ import annotations
@@ -62,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", metavar="ID")
 
     sub.add_parser("status", help="show the index's counts and parameters")
+    sub.add_parser(
+        "health",
+        help="check that every executor and index shard answers (exit 0), or say which did "
+        "not (exit 1); for load balancers and readiness probes",
+    )
 
     p = sub.add_parser("ui", help="serve the search page (read-only) in a browser")
     p.add_argument(
@@ -143,6 +150,15 @@ def cmd_status(client: SearchClient, args: argparse.Namespace, parser) -> int:
     return 0
 
 
+def cmd_health(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    health = client.health()
+    for executor in health.executors:
+        print(f"up    {executor.get('executor')}")
+    if not health.healthy:
+        print(f"down  {health.error}", file=sys.stderr)
+    return 0 if health.healthy else 1
+
+
 def cmd_ui(client: SearchClient, args: argparse.Namespace, parser) -> int:
     # imported here: the other commands need no web server
     from client.ui import serve
@@ -161,5 +177,11 @@ def _print_failures(failed: list[Outcome]) -> None:
         print(f"  ... and {len(failed) - MAX_LISTED_ERRORS} more", file=sys.stderr)
 
 
-COMMANDS = {"index": cmd_index, "search": cmd_search, "delete": cmd_delete, "status": cmd_status}
-COMMANDS["ui"] = cmd_ui
+COMMANDS = {
+    "index": cmd_index,
+    "search": cmd_search,
+    "delete": cmd_delete,
+    "status": cmd_status,
+    "health": cmd_health,
+    "ui": cmd_ui,
+}

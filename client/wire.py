@@ -24,6 +24,9 @@ UPDATE = "/update"
 DELETE = "/delete"
 GET = "/get"  # stored fields and embedding by id ("more like this")
 STATUS = "/status"
+# Every executor (each shard, one replica of each encoder) adds its `StatusDoc` to the answer;
+# the sharded index's merger fails the request when a shard did not answer.
+HEALTH = "/health"
 
 
 class Match(BaseDoc):
@@ -55,6 +58,7 @@ class SearchDoc(BaseDoc):
 
 
 class StatusDoc(BaseDoc):
-    """Answer of `/status`: counts and index parameters."""
+    """Answer of `/status` (counts and index parameters) and, one per executor reached, of
+    `/health` (`{"executor": runtime name, "shard": number or None}`)."""
 
     info: dict[str, Any] = {}

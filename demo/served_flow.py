@@ -7,7 +7,9 @@ runs torch threads or gRPC clients can hang or crash the children.
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -122,6 +124,28 @@ class ServedFlow:
             time.sleep(0.2)
         self.proc = None
 
+    def members(self) -> list[int]:
+        """The pids of the Flow's processes (its process group), read from /proc."""
+        return group_members(self.proc.pid) if self.proc is not None else []
+
+    def pid_of(self, runtime: str) -> int:
+        """The pid of one executor process, by its jina runtime name (`indexer/shard-1/rep-0`),
+        as its log lines name it (`NAME@PID`)."""
+        found = re.findall(rf"{re.escape(runtime)}@(\d+)", self.log_tail(n=10**7))
+        if not found:
+            raise LookupError(f"{runtime}: not in the Flow's log {self.log}")
+        return int(found[-1])
+
+    def listening(self) -> list[tuple[str, int]]:
+        """(address, port) of every socket the Flow's processes listen on (TCP, from /proc)."""
+        inodes = {
+            target[len("socket:[") : -1]
+            for pid in self.members()
+            for target in open_files(pid)
+            if target.startswith("socket:[")
+        }
+        return [addr for inode, addr in listening_sockets().items() if inode in inodes]
+
     def log_tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
 
@@ -130,3 +154,60 @@ class ServedFlow:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The pids of a process group, read from /proc."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the fields after the command name (which may hold spaces) start with state, ppid, pgrp
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[2]) == pgid:
+            pids.append(int(entry.name))
+    return pids
+
+
+def open_files(pid: int) -> list[str]:
+    """What a process's file descriptors point to (paths, `socket:[INODE]`, ...); none when
+    it is gone or not ours to read."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return []
+    targets = []
+    for fd in fds:
+        try:
+            targets.append(os.readlink(fd))
+        except OSError:
+            continue
+    return targets
+
+
+def listening_sockets() -> dict[str, tuple[str, int]]:
+    """Socket inode -> (address, port) of every listening TCP socket of this machine."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] != "0A":  # LISTEN
+                continue
+            address, port = fields[1].split(":")
+            # little-endian 32-bit words, one (IPv4) or four (IPv6)
+            raw = b"".join(
+                bytes.fromhex(address[i : i + 8])[::-1] for i in range(0, len(address), 8)
+            )
+            ip = ipaddress.ip_address(raw)
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            found[fields[9]] = (str(ip), int(port, 16))
+    return found

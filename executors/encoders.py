@@ -17,7 +17,8 @@ from typing import Any
 from docarray import DocList
 from jina import Executor, requests
 
-from client.wire import INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, SearchDoc
+from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, SearchDoc, StatusDoc
+from executors import health
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from finetune.images import MAX_IMAGE_PIXELS
@@ -72,6 +73,10 @@ class _EncoderExecutor(Executor):
         if refused_without_token(docs, self.token, parameters, UPDATE):
             return docs
         return self.embed(docs, new_ids=False, indexing=True)  # updates need the caller's ids
+
+    @requests(on=HEALTH)
+    def health(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
+        return health.answer(docs, self.runtime_args)
 
 
 class CLIPTextEncoder(_EncoderExecutor):

@@ -2,7 +2,8 @@
 `MatchMerger`.
 
 `HNSWIndexer` keeps its store in `self.workspace` (per shard when sharded) and serves
-`/index`, `/search` (text queries), `/search_by_image`, `/delete`, `/update` and `/status`;
+`/index`, `/search` (text queries), `/search_by_image`, `/delete`, `/update`, `/get`,
+`/status` and `/health` (see `executors.health`);
 what each does per document is `search.index.Index`'s. Its shard number and count come from
 jina's `runtime_args`.
 
@@ -25,6 +26,7 @@ from jina import Executor, requests
 from client.wire import (
     DELETE,
     GET,
+    HEALTH,
     INDEX,
     SEARCH_IMAGE,
     SEARCH_TEXT,
@@ -34,6 +36,7 @@ from client.wire import (
     SearchDoc,
     StatusDoc,
 )
+from executors import health
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from search.hnsw_store import HNSWStore
@@ -137,6 +140,10 @@ class HNSWIndexer(Executor):
         """One `StatusDoc` whose `info` is `Index.status` (the request's docs are ignored)."""
         return DocList[StatusDoc]([StatusDoc(info=self.index_.status())])
 
+    @requests(on=HEALTH)
+    def health(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
+        return health.answer(docs, self.runtime_args)
+
     def close(self) -> None:
         self.index_.close()
         super().close()
@@ -218,3 +225,14 @@ class MatchMerger(Executor):
         info = merge_status(infos)
         info["missing_shards"] = self._missing(docs_matrix)
         return DocList[StatusDoc]([StatusDoc(info=info)])
+
+    @requests(on=HEALTH)
+    def merge_health(
+        self,
+        docs: DocList[StatusDoc],
+        docs_matrix: list[DocList[StatusDoc]] | None = None,
+        **kwargs: Any,
+    ) -> DocList[StatusDoc]:
+        """The shards' answers as one; fails the request, naming them, when shards are
+        missing (so a probe of the whole Flow sees it)."""
+        return health.merge(docs_matrix, docs, self.shards)

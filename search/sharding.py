@@ -9,7 +9,7 @@ and `/status` by all. The `merge_*` functions turn the shards' answers into one 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -96,6 +96,11 @@ def merge_outcome(answers: Sequence[Any]) -> tuple[Any, str | None]:
 def missing_shards(answered: int, shards: int) -> int:
     """How many of `shards` did not answer, given `answered` answers."""
     return max(0, int(shards) - int(answered))
+
+
+def missing_shard_ids(answered: Iterable[int], shards: int) -> list[int]:
+    """The shards of 0 .. `shards - 1` not among the `answered` ones."""
+    return sorted(set(range(int(shards))) - {int(s) for s in answered})
 
 
 def missing_shards_error(missing: int, shards: int, what: str) -> str:

@@ -164,6 +164,26 @@ def test_python_dash_m_client(flow):
 
 
 @pytest.mark.slow
+def test_health_names_every_executor_and_is_an_exit_status(host, capsys):
+    code, out, err = cli(capsys, "--host", host, "health")
+    assert code == 0, err
+    assert out.split() == ["up", "image_encoder/rep-0", "up", "text_encoder/rep-0"] + [
+        "up",
+        "indexer/rep-0",
+    ]
+    code, _, err = cli(capsys, "--host", f"grpc://127.0.0.1:{free_port()}", "health")
+    assert code == 2 and "is the Flow running" in err
+
+
+@pytest.mark.slow
+def test_every_port_of_the_flow_listens_on_127_0_0_1_only(flow):
+    listening = flow.listening()
+    # the gateway's two ports and one per executor at least
+    assert len(listening) >= 5, listening
+    assert {address for address, _ in listening} == {"127.0.0.1"}, listening
+
+
+@pytest.mark.slow
 def test_thumbnails_and_more_like_this_through_the_flow(host, photos):
     with SearchClient(host) as client:
         client.index([i for i in images_to_index(photos) if i.path.endswith(".png")])

@@ -32,8 +32,10 @@ from client.wire import SEARCH_IMAGE, SearchDoc, StatusDoc
 from demo import BASE_MODEL_DIR, REPO, served_flow
 from demo.served_flow import ServedFlow
 from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS
+from executors.hnsw_indexer import MAYBE_ON_A_MISSING_SHARD, PARTIAL_RESULTS
 from finetune.onnx_export import export_onnx
 from search.index import IMAGE, TEXT, WRONG_MODALITY
+from search.sharding import OWNER_DID_NOT_ANSWER, missing_shards_error, owner_shard
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -107,14 +109,15 @@ def trained_run(shapes, tmp_path_factory) -> Path:
     return run.output
 
 
-@pytest.fixture(scope="module")
-def flow(trained_run, shapes, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("plain")
-    served = ServedFlow(
-        "flow.yml", flow_env(trained_run, tmp / "ws", shapes / "images"), tmp / "log"
-    )
+def serve(yml: str, trained_run: Path, shapes: Path, tmp: Path):
+    served = ServedFlow(yml, flow_env(trained_run, tmp / "ws", shapes / "images"), tmp / "log")
     yield served.start()
     served.stop()
+
+
+@pytest.fixture(scope="module")
+def flow(trained_run, shapes, tmp_path_factory):
+    yield from serve("flow.yml", trained_run, shapes, tmp_path_factory.mktemp("plain"))
 
 
 def grpc_client(url: str):
@@ -134,6 +137,17 @@ def http_post(url: str, endpoint: str, data: list[dict], **parameters) -> list[d
     r = requests.post(f"{url}{endpoint}", json={"data": data, "parameters": parameters}, timeout=60)
     assert r.status_code == 200, r.text
     return r.json()["data"]
+
+
+def run_client(host: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m client --host HOST ARGS...` as a user (or a probe) runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "client", "--host", host, "--timeout", "60", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def index_shapes(url: str, shapes: Path, request_size: int = 5) -> DocList[SearchDoc]:
@@ -310,44 +324,85 @@ def test_kill_9_mid_indexing_loses_nothing_acknowledged(flow, shapes):
 # --- the scaled Flow -------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def scaled(trained_run, shapes, tmp_path_factory):
+    yield from serve("flow.scaled.yml", trained_run, shapes, tmp_path_factory.mktemp("scaled"))
+
+
 @pytest.mark.slow
-def test_sharded_replicated_flow_answers_like_the_plain_one(trained_run, shapes, tmp_path):
+def test_sharded_replicated_flow_answers_like_the_plain_one(scaled, shapes):
     assert PLAIN_RESULTS, "runs after test_each_caption_finds_its_image_first_over_grpc_and_http"
-    env = flow_env(trained_run, tmp_path / "ws", shapes / "images")
-    scaled = ServedFlow("flow.scaled.yml", env, tmp_path / "flow.log").start()
-    try:
-        assert [d.error for d in index_shapes(scaled.grpc, shapes)] == [None] * 16
-        info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])[0].info
-        assert info["count"] == 16 and len(info["shards"]) == 2
-        per_shard = {s["shard_id"]: s["count"] for s in info["shards"]}
-        # Re-indexing the same images replaces them on their owner shard, however they are
-        # batched: no second copy (with `/index` polled ANY, a batch went to any one shard).
-        for request_size in (16, 3):
-            assert [d.error for d in index_shapes(scaled.grpc, shapes, request_size)] == [None] * 16
-            info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])
-            counts = {s["shard_id"]: s["count"] for s in info[0].info["shards"]}
-            assert info[0].info["count"] == 16 and counts == per_shard
-        everything = grpc_search(scaled.grpc, ["a red square"], 100)[0].matches
-        assert sorted(m.id for m in everything) == sorted(captions(shapes))
-        texts = list(PLAIN_RESULTS)
-        for answers in (
-            [[(m.id, m.score) for m in d.matches] for d in grpc_search(scaled.grpc, texts, 5)],
-            [
-                [(m["id"], m["score"]) for m in d["matches"]]
-                for d in http_post(scaled.http, "/search", [{"text": t} for t in texts], limit=5)
-            ],
-        ):
-            for text, got in zip(texts, answers, strict=True):
-                want = PLAIN_RESULTS[text]
-                assert [i for i, _ in got] == [i for i, _ in want], text
-                assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
-        # image search: its own endpoint, polled on all shards and merged too
-        name = sorted(captions(shapes))[3]
-        hits = SearchClient(scaled.grpc).search(image=shapes / "images" / name, limit=20)
-        assert hits[0].id == name and hits[0].score == pytest.approx(1, abs=1e-3)
-        assert len(hits) == 16 and [h.score for h in hits] == sorted(h.score for h in hits)[::-1]
-    finally:
-        scaled.stop()
+    assert [d.error for d in index_shapes(scaled.grpc, shapes)] == [None] * 16
+    info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])[0].info
+    assert info["count"] == 16 and len(info["shards"]) == 2
+    per_shard = {s["shard_id"]: s["count"] for s in info["shards"]}
+    # Re-indexing the same images replaces them on their owner shard, however they are
+    # batched: no second copy (with `/index` polled ANY, a batch went to any one shard).
+    for request_size in (16, 3):
+        assert [d.error for d in index_shapes(scaled.grpc, shapes, request_size)] == [None] * 16
+        info = grpc_client(scaled.grpc).post("/status", return_type=DocList[StatusDoc])
+        counts = {s["shard_id"]: s["count"] for s in info[0].info["shards"]}
+        assert info[0].info["count"] == 16 and counts == per_shard
+    everything = grpc_search(scaled.grpc, ["a red square"], 100)[0].matches
+    assert sorted(m.id for m in everything) == sorted(captions(shapes))
+    texts = list(PLAIN_RESULTS)
+    for answers in (
+        [[(m.id, m.score) for m in d.matches] for d in grpc_search(scaled.grpc, texts, 5)],
+        [
+            [(m["id"], m["score"]) for m in d["matches"]]
+            for d in http_post(scaled.http, "/search", [{"text": t} for t in texts], limit=5)
+        ],
+    ):
+        for text, got in zip(texts, answers, strict=True):
+            want = PLAIN_RESULTS[text]
+            assert [i for i, _ in got] == [i for i, _ in want], text
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-5)
+    # image search: its own endpoint, polled on all shards and merged too
+    name = sorted(captions(shapes))[3]
+    hits = SearchClient(scaled.grpc).search(image=shapes / "images" / name, limit=20)
+    assert hits[0].id == name and hits[0].score == pytest.approx(1, abs=1e-3)
+    assert len(hits) == 16 and [h.score for h in hits] == sorted(h.score for h in hits)[::-1]
+
+
+@pytest.mark.slow
+def test_a_shard_killed_with_kill_9_is_reported_never_silently_missing(scaled, shapes):
+    """The scaled Flow with one index shard killed: health fails naming it, searches are errors
+    instead of half the results, status counts it missing, a delete or index of its ids says
+    so, and the other shard's documents are still served."""
+    names = sorted(captions(shapes))
+    assert [d.error for d in index_shapes(scaled.grpc, shapes)] == [None] * 16
+    for host in (scaled.grpc, scaled.http):
+        health = SearchClient(host).health()
+        assert health.healthy, health.error
+        shards = sorted(e["shard"] for e in health.executors if e["shard"] is not None)
+        assert shards == [0, 1], health.executors
+    on_dead = [n for n in names if owner_shard(n, 2) == 1]
+    on_live = [n for n in names if owner_shard(n, 2) == 0]
+    assert on_dead and on_live
+
+    os.kill(scaled.pid_of("indexer/shard-1/rep-0"), signal.SIGKILL)
+    time.sleep(1)
+    for host in (scaled.grpc, scaled.http):
+        client = SearchClient(host, timeout=60)
+        health = client.health()
+        assert not health.healthy and "shard(s) 1 of 2 did not answer" in health.error, health
+        cli = run_client(host, "health")
+        assert cli.returncode == 1 and "shard(s) 1 of 2" in cli.stderr, cli
+        answers = client.post("/search", [{"text": "a red square"}], {"limit": 16})
+        assert answers[0]["error"] == missing_shards_error(1, 2, PARTIAL_RESULTS)
+        assert not answers[0].get("matches")
+        assert client.status()["missing_shards"] == 1
+        deleted = {o.id: o.error for o in client.delete([on_dead[0], "never-indexed"])}
+        assert deleted == dict.fromkeys(
+            [on_dead[0], "never-indexed"], missing_shards_error(1, 2, MAYBE_ON_A_MISSING_SHARD)
+        )
+        got = {d["id"]: d for d in client.post("/get", [{"id": on_live[0]}, {"id": on_dead[1]}])}
+        assert got[on_live[0]].get("error") is None
+        assert got[on_dead[1]]["error"] == missing_shards_error(1, 2, MAYBE_ON_A_MISSING_SHARD)
+    # re-indexing: the live shard's documents are stored, the dead shard's get an error
+    outcomes = {d.id: d.error for d in index_shapes(scaled.grpc, shapes)}
+    assert all(outcomes[n] is None for n in on_live)
+    assert all(outcomes[n] == OWNER_DID_NOT_ANSWER for n in on_dead)
 
 
 @pytest.mark.slow
