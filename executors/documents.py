@@ -7,6 +7,7 @@ from docarray import DocList
 
 from client.wire import Match as WireMatch
 from client.wire import SearchDoc
+from executors.metrics import ServiceMetrics
 from search.access import token_error
 from search.documents import Document, Match
 
@@ -64,14 +65,21 @@ def wire_match(match: Match) -> WireMatch:
 
 
 def refused_without_token(
-    docs: DocList[SearchDoc], required: str, parameters: dict | None, endpoint: str
+    docs: DocList[SearchDoc],
+    required: str,
+    parameters: dict | None,
+    endpoint: str,
+    metrics: ServiceMetrics,
 ) -> bool:
     """Set the token error on every document of a write request without the service's token
-    (`search.access`); True when refused, so the caller does no work for it."""
+    (`search.access`); True when refused, so the caller does no work for it. The documents
+    no earlier executor refused are counted in `metrics`."""
     error = token_error(required, parameters, endpoint)
     if error is None:
         return False
+    before = [doc.error for doc in docs]
     for doc in docs:
         doc.error = error
         doc.blob = doc.tensor = doc.embedding = None  # nothing large travels on
+    metrics.outcomes(before, docs)
     return True

@@ -21,6 +21,7 @@ from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, Search
 from executors import health
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
+from executors.metrics import ServiceMetrics
 from finetune.images import MAX_IMAGE_PIXELS
 from search.encoders import DEFAULT_MINIBATCH, ImageEncoder, TextEncoder, torch_threads
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
@@ -29,10 +30,12 @@ from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
 class _EncoderExecutor(Executor):
     """Settings from the Flow YAML in, the core encoder's work on each request's documents."""
 
-    def write_token(self, token: str | None) -> None:
-        """The token `/index` and `/update` require (see `search.access`): a refused request
-        is answered before any image is decoded or text embedded."""
+    def __init__(self, token: str | None = None, **kwargs: Any) -> None:
+        """`token`: what `/index` and `/update` require (see `search.access`): a refused
+        request is answered before any image is decoded or text embedded."""
+        super().__init__(**kwargs)
         self.token = str(setting(token, FLOW_ENV_DEFAULTS["API_TOKEN"]))
+        self.metrics = ServiceMetrics(self.runtime_args)
 
     def encoder_options(
         self, device: str, dtype: str, minibatch_size: int, num_threads: int | None, runtime: str
@@ -48,12 +51,14 @@ class _EncoderExecutor(Executor):
 
     def embed(self, docs: DocList[SearchDoc], new_ids: bool, indexing: bool) -> DocList[SearchDoc]:
         documents = to_core(docs)
+        before = [doc.error for doc in documents]
         if new_ids:
             for doc in documents:
                 # JSON documents posted to the HTTP gateway without an id arrive with id None;
                 # ids are given here, before the index shards, so that every shard sees one.
                 doc.id = doc.id or uuid.uuid4().hex
         failed = self.encoder.embed(documents, indexing=indexing)
+        self.metrics.outcomes(before, documents)
         if failed:
             self.logger.warning(f"{failed} documents could not be embedded")
         return to_wire(documents)
@@ -62,7 +67,7 @@ class _EncoderExecutor(Executor):
     def encode(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        if refused_without_token(docs, self.token, parameters, INDEX):
+        if refused_without_token(docs, self.token, parameters, INDEX, self.metrics):
             return docs
         return self.embed(docs, new_ids=True, indexing=True)
 
@@ -70,7 +75,7 @@ class _EncoderExecutor(Executor):
     def encode_update(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        if refused_without_token(docs, self.token, parameters, UPDATE):
+        if refused_without_token(docs, self.token, parameters, UPDATE, self.metrics):
             return docs
         return self.embed(docs, new_ids=False, indexing=True)  # updates need the caller's ids
 
@@ -93,8 +98,7 @@ class CLIPTextEncoder(_EncoderExecutor):
         token: str | None = None,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
-        self.write_token(token)
+        super().__init__(token=token, **kwargs)
         self.encoder = TextEncoder(
             str(setting(tower, FLOW_ENV_DEFAULTS["TEXT_TOWER"])),
             **self.encoder_options(device, dtype, minibatch_size, num_threads, runtime),
@@ -133,8 +137,7 @@ class CLIPImageEncoder(_EncoderExecutor):
         token: str | None = None,
         **kwargs: Any,
     ):
-        super().__init__(**kwargs)
-        self.write_token(token)
+        super().__init__(token=token, **kwargs)
         policy = ImagePolicy.create(
             allowed_roots=path_list(setting(allowed_roots, None)),
             allow_remote=bool(setting(allow_remote, False)),

@@ -18,6 +18,7 @@ No `from __future__ import annotations` here: jina reads the `docs` annotations 
 to learn each endpoint's schemas.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 from docarray import DocList
@@ -39,6 +40,8 @@ from client.wire import (
 from executors import health
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
+from executors.metrics import ServiceMetrics
+from search.documents import Document
 from search.hnsw_store import HNSWStore
 from search.index import DEFAULT_MAX_LIMIT, IMAGE, TEXT, Index, search_limit
 from search.sharding import (
@@ -49,6 +52,7 @@ from search.sharding import (
     missing_shards,
     missing_shards_error,
     per_document,
+    reports_outcome,
 )
 
 # What a search, or an id not found, would be without the shards that did not answer.
@@ -85,39 +89,41 @@ class HNSWIndexer(Executor):
             initial_capacity=initial_capacity,
             snapshot_every=snapshot_every,
         )
-        self.index_ = Index(
-            store,
-            shard_id=int(getattr(self.runtime_args, "shard_id", None) or 0),
-            shards=int(getattr(self.runtime_args, "shards", None) or 1),
-            max_limit=max_limit,
+        shard_id = int(getattr(self.runtime_args, "shard_id", None) or 0)
+        shards = int(getattr(self.runtime_args, "shards", None) or 1)
+        self.index_ = Index(store, shard_id=shard_id, shards=shards, max_limit=max_limit)
+        self.metrics = ServiceMetrics(
+            self.runtime_args, lambda doc_id: reports_outcome(doc_id, shard_id, shards)
         )
 
     @requests(on=INDEX)
     def index(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        if refused_without_token(docs, self.token, parameters, INDEX):
+        if refused_without_token(docs, self.token, parameters, INDEX, self.metrics):
             return docs
-        return to_wire(self.index_.index(to_core(docs)))
+        return to_wire(self._stored(INDEX, self.index_.index, to_core(docs)))
 
     @requests(on=SEARCH_TEXT)
     def search(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        return to_wire(self.index_.search(to_core(docs), parameters or {}, TEXT))
+        with self.metrics.searching(TEXT, len(docs)):
+            return to_wire(self.index_.search(to_core(docs), parameters or {}, TEXT))
 
     @requests(on=SEARCH_IMAGE)
     def search_by_image(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        return to_wire(self.index_.search(to_core(docs), parameters or {}, IMAGE))
+        with self.metrics.searching(IMAGE, len(docs)):
+            return to_wire(self.index_.search(to_core(docs), parameters or {}, IMAGE))
 
     @requests(on=DELETE)
     def delete(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
         """The documents' ids and `parameters['ids']`; one answer per id."""
-        if refused_without_token(docs, self.token, parameters, DELETE):
+        if refused_without_token(docs, self.token, parameters, DELETE, self.metrics):
             return docs
         ids = (parameters or {}).get("ids") or []
         ids = ids if isinstance(ids, list | tuple) else [ids]
@@ -127,9 +133,9 @@ class HNSWIndexer(Executor):
     def update(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
-        if refused_without_token(docs, self.token, parameters, UPDATE):
+        if refused_without_token(docs, self.token, parameters, UPDATE, self.metrics):
             return docs
-        return to_wire(self.index_.update(to_core(docs)))
+        return to_wire(self._stored(UPDATE, self.index_.update, to_core(docs)))
 
     @requests(on=GET)
     def get(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
@@ -143,6 +149,15 @@ class HNSWIndexer(Executor):
     @requests(on=HEALTH)
     def health(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
         return health.answer(docs, self.runtime_args)
+
+    def _stored(
+        self, endpoint: str, store: Callable[[list[Document]], list[Document]], docs: list[Document]
+    ) -> list[Document]:
+        """`store(docs)` (the index's `index` or `update`), its outcomes counted."""
+        before = [doc.error for doc in docs]
+        answered = store(docs)
+        self.metrics.outcomes(before, answered, stored=endpoint)
+        return answered
 
     def close(self) -> None:
         self.index_.close()

@@ -31,6 +31,12 @@ def owner_shard(doc_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
+def reports_outcome(doc_id: str | None, shard_id: int, shards: int) -> bool:
+    """Whether shard `shard_id` reports a document's outcome (in counts, metrics): every shard
+    sees every document, so the owner of its id does, or shard 0 for one without an id."""
+    return owner_shard(doc_id, shards) == shard_id if doc_id else shard_id == 0
+
+
 def content_id(doc: Document) -> str:
     """An id for a document that has none, the same on every shard that sees the request:
     a hash of its embedding (dtype, shape, bytes), `uri` and `text`. Indexing the same

@@ -18,7 +18,7 @@ import torch
 from docarray import DocList
 from PIL import Image
 
-from client.wire import SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
+from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
 from demo import BASE_MODEL_DIR
 from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
 from executors.flow_env import apply_flow_env_defaults, is_unset, setting
@@ -248,12 +248,12 @@ def test_docs_with_an_error_pass_through_untouched(text_encoder, image_encoder):
 
 def test_each_encoder_binds_only_the_endpoints_on_its_path(text_encoder, image_encoder):
     # jina's gateway skips an executor that does not bind the endpoint: /delete and /status
-    # pass no encoder, text search only the text encoder
+    # pass no encoder, text search only the text encoder; /health passes every executor
     def bound(encoder):
         return set(encoder.requests) - {"_jina_dry_run_"}  # jina's own health check
 
-    assert bound(image_encoder) == {"/index", "/update", SEARCH_IMAGE}
-    assert bound(text_encoder) == {"/index", "/update", SEARCH_TEXT, SEARCH_IMAGE}
+    assert bound(image_encoder) == {"/index", "/update", SEARCH_IMAGE, HEALTH}
+    assert bound(text_encoder) == {"/index", "/update", SEARCH_TEXT, SEARCH_IMAGE, HEALTH}
     # the text encoder, second in the Flow, passes image queries through as they are
     docs = DocList[SearchDoc]([SearchDoc(id="q", blob=png()), SearchDoc(text="t")])
     passed = text_encoder.pass_through(docs)
