@@ -9,6 +9,10 @@
 # runs/demo/clip-*); the index lives in the mounted workspace. Every flow.yml setting is an
 # environment variable (see flow.yml).
 #
+# Kubernetes: `make k8s IMAGE=...` writes manifests (docs/kubernetes.md) whose pods all run this
+# image with their own command (`jina gateway ...`, `jina executor ...`) instead of CMD below;
+# their readiness probe is the `clip-search` script this install puts on the PATH.
+#
 # GPU: a CUDA base image that has Python 3.11 and pip, and PyTorch's default (CUDA) wheels:
 #   docker build --build-arg BASE_IMAGE=<cuda image with python3.11> --build-arg TORCH_INDEX= .
 ARG BASE_IMAGE=python:3.11-slim
@@ -36,6 +40,7 @@ RUN pip install "setuptools>=77,<81" wheel \
     && PIP_EXTRA_INDEX_URL="${TORCH_INDEX}" pip install -c constraints.txt -e .
 
 COPY . .
+# uid 1000: the Kubernetes manifests' fsGroup makes the index shards' volumes writable for it.
 RUN useradd --create-home --uid 1000 app && mkdir -p workspace runs && chown -R app workspace runs
 USER app
 

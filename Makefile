@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format demo serve base-model bench clean
+.PHONY: install test test-fast lint format demo serve base-model bench k8s clean
 
 install: $(STAMP)
 
@@ -68,6 +68,15 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_flow.py
 	$(BIN)/python benchmarks/bench_encoders.py
 	$(BIN)/python benchmarks/bench_load.py
+
+# Kubernetes manifests of the scaled service (flow.scaled.yml) in k8s/, written anew by jina's
+# export: `make k8s IMAGE=registry.example.com/clip-search:1` (the Dockerfile's image, pushed
+# where the cluster pulls from); more options in K8S_ARGS (python -m deploy.kubernetes --help),
+# e.g. K8S_ARGS="--set TEXT_TOWER=/models/clip-text --monitoring". See docs/kubernetes.md.
+IMAGE ?= clip-search:latest
+k8s: $(STAMP)
+	rm -rf k8s
+	$(BIN)/python -m deploy.kubernetes --output k8s --image $(IMAGE) $(K8S_ARGS)
 
 clean:
 	rm -rf runs/demo .pytest_cache
