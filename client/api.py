@@ -56,6 +56,9 @@ IN_FLIGHT = 4
 # jina 3.34's HTTP gateway cuts a request into chunks of 100 documents and answers with the
 # first chunk to finish: over HTTP the client never sends more, so every reply is whole.
 HTTP_MAX_DOCS = 100
+# The service refuses a request of more documents whole (MAX_DOCS_PER_REQUEST in
+# search/limits.py, which the client may not import; a test checks they agree).
+GRPC_MAX_DOCS = 512
 # The endpoints that carry the token (reads stay open).
 WRITE_ENDPOINTS = (INDEX, UPDATE, DELETE)
 
@@ -190,7 +193,7 @@ class SearchClient:
         if self.protocol == "grpc":
             batches = (
                 DocList[SearchDoc]([SearchDoc(**d) for d in batch])
-                for batch in batched(docs, batch_size)
+                for batch in batched(docs, min(batch_size, GRPC_MAX_DOCS))
             )
             with self._grpc_errors():
                 self._transport().pipeline(

@@ -26,7 +26,7 @@ import requests
 from docarray import DocList
 from PIL import Image, ImageDraw
 
-from client.api import IndexItem, SearchClient
+from client.api import GRPC_MAX_DOCS, HTTP_MAX_DOCS, ClientError, IndexItem, SearchClient
 from client.grpc_transport import GrpcTransport
 from client.wire import SEARCH_IMAGE, SearchDoc, StatusDoc
 from demo import BASE_MODEL_DIR, REPO, served_flow
@@ -35,7 +35,13 @@ from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS
 from executors.hnsw_indexer import MAYBE_ON_A_MISSING_SHARD, PARTIAL_RESULTS
 from finetune.onnx_export import export_onnx
 from search.index import IMAGE, TEXT, WRONG_MODALITY
-from search.sharding import OWNER_DID_NOT_ANSWER, missing_shards_error, owner_shard
+from search.limits import request_error
+from search.sharding import (
+    OWNER_DID_NOT_ANSWER,
+    UNKNOWN_ID,
+    missing_shards_error,
+    owner_shard,
+)
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -164,6 +170,43 @@ def index_shapes(url: str, shapes: Path, request_size: int = 5) -> DocList[Searc
     )
 
 
+REQUEST_SIZES = (99, 100, 101, 250, 1_000, 10_000)
+
+
+def check_every_reply_covers_its_request(served: ServedFlow, image: Path) -> None:
+    """Single requests of each size over both protocols are answered whole (one outcome per
+    document, in order) or refused whole with the limit; client jobs of 1,000 images are split
+    to fit. Then every acknowledged id is found (deleted without "unknown id") and every
+    refused one is absent."""
+    for host in (served.grpc, served.http):
+        with SearchClient(host) as client:
+            limit = GRPC_MAX_DOCS if client.protocol == "grpc" else HTTP_MAX_DOCS
+            acknowledged, refused = [], []
+            for n in REQUEST_SIZES:
+                docs = [{"id": f"{client.protocol}-{n}/{i}", "text": f"doc {i}"} for i in range(n)]
+                if client.protocol == "http" and n > limit:
+                    with pytest.raises(ClientError, match=f"at most {HTTP_MAX_DOCS} per request"):
+                        client.post("/index", docs)
+                    continue
+                answers = client.post("/index", docs)
+                assert [a["id"] for a in answers] == [d["id"] for d in docs], n
+                errors = {a.get("error") for a in answers}
+                if n <= limit:
+                    assert errors == {None}, (n, errors)
+                    acknowledged += [d["id"] for d in docs]
+                else:
+                    assert errors == {request_error(n)}, (n, errors)
+                    refused += [d["id"] for d in docs[:50]]
+            items = [IndexItem(f"{client.protocol}-job/{i}", str(image)) for i in range(1_000)]
+            outcomes = client.index(items, batch_size=1_000)
+            assert [o.id for o in outcomes] == [i.id for i in items]
+            assert {o.error for o in outcomes} == {None}
+            acknowledged += [o.id for o in outcomes]
+            deleted = client.delete(acknowledged + refused)
+            assert [o.error for o in deleted[: len(acknowledged)]] == [None] * len(acknowledged)
+            assert {o.error for o in deleted[len(acknowledged) :]} <= {UNKNOWN_ID}
+
+
 # Results of the plain Flow, for the sharded one to be compared with.
 PLAIN_RESULTS: dict[str, list[tuple[str, float]]] = {}
 
@@ -277,6 +320,11 @@ def test_restart_on_the_same_workspace_finds_everything(flow, shapes):
 # --- crash safety ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
+def test_every_reply_covers_its_request_on_the_plain_flow(flow, shapes):
+    check_every_reply_covers_its_request(flow, shapes / "images" / "red_square.png")
+
+
 def slow_items(shapes: Path, copies: int, delay_after: int, delay_s: float):
     """`copies` x 16 images under distinct ids; slowed down after the first `delay_after`, so
     that the job is surely still running when its Flow is killed."""
@@ -365,6 +413,11 @@ def test_sharded_replicated_flow_answers_like_the_plain_one(scaled, shapes):
 
 
 @pytest.mark.slow
+def test_every_reply_covers_its_request_on_the_scaled_flow(scaled, shapes):
+    check_every_reply_covers_its_request(scaled, shapes / "images" / "red_square.png")
+
+
+@pytest.mark.slow
 def test_a_shard_killed_with_kill_9_is_reported_never_silently_missing(scaled, shapes):
     """The scaled Flow with one index shard killed: health fails naming it, searches are errors
     instead of half the results, status counts it missing, a delete or index of its ids says
@@ -403,6 +456,7 @@ def test_a_shard_killed_with_kill_9_is_reported_never_silently_missing(scaled, s
     outcomes = {d.id: d.error for d in index_shapes(scaled.grpc, shapes)}
     assert all(outcomes[n] is None for n in on_live)
     assert all(outcomes[n] == OWNER_DID_NOT_ANSWER for n in on_dead)
+    scaled.kill()  # jina's orderly stop waits for the dead shard until its timeout
 
 
 @pytest.mark.slow

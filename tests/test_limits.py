@@ -168,3 +168,9 @@ def test_held_images_are_encoded_early_and_embed_as_in_one_batch(monkeypatch):
     encoder.embed(early)
     for a, b in zip(whole, early, strict=True):
         np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
+
+
+def test_the_client_splits_grpc_jobs_at_the_service_limit():
+    from client.api import GRPC_MAX_DOCS
+
+    assert GRPC_MAX_DOCS == MAX_DOCS_PER_REQUEST
