@@ -6,7 +6,8 @@ The app talks to the Flow through `SearchClient`; it can search and read the ind
 nothing else (no indexing, no deleting). Endpoints:
 
     GET  /                  the page
-    GET  /api/status        {"count": n, "tags": {key: {"values": [...]} | {"min", "max"}}}
+    GET  /api/status        {"count": n, "tags": {key: {"values": [...]} | {"min", "max"}},
+                             "warning": why results are missing, or null}
     POST /api/search        {"text": ... | "like": id, "limit": 10, "filter": {...}} -> hits
     POST /api/search_image  an image (raw body or multipart field `file`); query string
                             `limit`, `filter` (JSON) -> hits
@@ -47,6 +48,19 @@ UI_TIMEOUT_S = 30.0
 RANGE_OPS = ("$gt", "$gte", "$lt", "$lte")
 START_HINT = "start it with `make serve` (or `jina flow --uses flow.yml`), then reload this page"
 EMPTY_HINT = "nothing indexed yet: python -m client index FOLDER"
+
+
+def shards_warning(info: dict[str, Any]) -> str | None:
+    """What the page says when index shards did not answer the status request."""
+    missing = int(info.get("missing_shards") or 0)
+    if not missing:
+        return None
+    total = missing + len(info.get("shards") or [])
+    return (
+        f"{missing} of {total} index shards are not answering: searches fail until they are "
+        f"back (python -m client health says which)"
+    )
+
 
 # Everything the page loads comes from this app; thumbnails arrive as data: URIs.
 SECURITY_HEADERS = {
@@ -125,6 +139,7 @@ def create_app(client: str | Callable[[], SearchClient] = DEFAULT_HOST) -> FastA
                 "count": int(info.get("count") or 0),
                 "tags": tags if isinstance(tags, dict) else {},
                 "empty_hint": EMPTY_HINT,
+                "warning": shards_warning(info),
             }
         )
 

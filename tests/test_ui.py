@@ -148,11 +148,17 @@ class StandInClient:
 
     host = "stand-in"
 
-    def __init__(self, count: int, tags: dict | None, hits: list[Hit]):
+    def __init__(self, count: int, tags: dict | None, hits: list[Hit], missing_shards: int = 0):
         self.count, self.tags, self.hits, self.searches = count, tags, hits, []
+        self.missing_shards = missing_shards
 
     def status(self) -> dict:
-        return {"count": self.count, **({"tags": self.tags} if self.tags is not None else {})}
+        info = {"count": self.count, **({"tags": self.tags} if self.tags is not None else {})}
+        if self.missing_shards:  # as MatchMerger answers: the answering shards, and the rest
+            info.update(
+                shards=[{"shard_id": 0, "count": self.count}], missing_shards=self.missing_shards
+            )
+        return info
 
     def search(self, **kwargs: Any) -> list[Hit]:
         self.searches.append(kwargs)
@@ -221,6 +227,15 @@ def test_empty_index_no_results_and_no_tag_summaries(browser):
         text_search(browser, "a red dress")
         assert message(browser)[1] == "No results."
         assert grid_ids(browser) == []
+
+
+def test_a_missing_index_shard_is_a_visible_warning(browser):
+    client = StandInClient(3, SUMMARIES, [], missing_shards=1)
+    with served_app(create_app(lambda: client)) as url:
+        open_page(browser, url)
+        kind, text = message(browser)
+        assert "error" in kind and text.startswith("1 of 2 index shards are not answering"), text
+        assert "python -m client health" in text
 
 
 def test_an_unreachable_flow_is_a_503_and_a_visible_message(browser):

@@ -306,7 +306,8 @@ async function start() {
   $("count").textContent = `${status.count} image${status.count === 1 ? "" : "s"} indexed`;
   buildFilters(status.tags || {});
   $("filters").hidden = false;
-  if (!status.count) show(status.empty_hint, "info");
+  if (status.warning) show(status.warning, "error");
+  else if (!status.count) show(status.empty_hint, "info");
   document.body.dataset.ready = "true";
 }
 
