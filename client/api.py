@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import requests
 from docarray import DocList
+from pydantic import ValidationError
 
 from client.grpc_transport import GatewayError, GrpcTransport
 from client.wire import (
@@ -191,9 +192,10 @@ class SearchClient:
 
         docs = self._index_docs(items, done)
         if self.protocol == "grpc":
+            size = min(batch_size, GRPC_MAX_DOCS)
             batches = (
-                DocList[SearchDoc]([SearchDoc(**d) for d in batch])
-                for batch in batched(docs, min(batch_size, GRPC_MAX_DOCS))
+                _wire_docs(INDEX, batch, offset=n * size)
+                for n, batch in enumerate(batched(docs, size))
             )
             with self._grpc_errors():
                 self._transport().pipeline(
@@ -297,7 +299,7 @@ class SearchClient:
         with self._grpc_errors():
             result = self._transport().post(
                 endpoint,
-                DocList[SearchDoc]([SearchDoc(**d) for d in docs]),
+                _wire_docs(endpoint, docs),
                 parameters=parameters,
                 timeout=self.timeout,
                 return_type=DocList[out_type],
@@ -364,6 +366,7 @@ class SearchClient:
                 f"{endpoint}: {len(docs)} documents in one HTTP request; the gateway would answer "
                 f"for the first {HTTP_MAX_DOCS} only: send at most {HTTP_MAX_DOCS} per request"
             )
+        _wire_docs(endpoint, docs)  # refuses a document the gateway would answer with a 500
         payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters or {}}
         if self._http is None:
             self._http = requests.Session()  # kept alive: no TCP handshake per query
@@ -402,6 +405,24 @@ class SearchClient:
                 f"{error}); is the Flow running (jina flow --uses flow.yml)?"
             )
         return ClientError(f"the search service at {self.host} failed the request: {error!r}")
+
+
+def _wire_docs(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> DocList[SearchDoc]:
+    """The documents as the wire's `SearchDoc`s, or a ClientError naming the first document
+    (by its position in the job, `offset` + index) and field that do not fit, before anything
+    is sent."""
+    wire = []
+    for i, doc in enumerate(docs):
+        try:
+            wire.append(SearchDoc(**doc))
+        except ValidationError as e:
+            error = e.errors()[0]
+            field = ".".join(str(part) for part in error["loc"]) or "?"
+            raise ClientError(
+                f"{endpoint} refused the request: document {offset + i}, field {field}: "
+                f"{error['msg']} (checked before sending)"
+            ) from None
+    return DocList[SearchDoc](wire)
 
 
 def _validation_errors(response: requests.Response) -> str:

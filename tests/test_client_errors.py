@@ -118,3 +118,19 @@ def test_a_grpc_call_whose_failure_cannot_be_read_is_a_client_error():
             client.search("a dog")
     finally:
         client.close()
+
+
+@pytest.mark.parametrize("host", ["grpc://127.0.0.1:9", "http://127.0.0.1:9"])
+def test_a_mistyped_field_is_refused_by_document_and_field_before_sending(host):
+    # the gateway would answer `tags` as a list with a bare 500 (HTTP) and the gRPC client
+    # would raise pydantic's error; port 9 (discard) is never reached
+    with SearchClient(host, timeout=5) as client:
+        good = {"id": "ok", "text": "fine"}
+        with pytest.raises(ClientError) as error:
+            client.post("/index", [good, {"id": "b", "text": "t", "tags": [1, 2]}])
+        assert str(error.value) == (
+            "/index refused the request: document 1, field tags: Input should be a valid "
+            "dictionary (checked before sending)"
+        )
+        with pytest.raises(ClientError, match="document 0, field text: Input should be a valid"):
+            client.post("/index", [{"id": "c", "text": 5}, good])
