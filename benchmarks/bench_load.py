@@ -22,7 +22,8 @@ time, whichever comes first; every client call has a timeout.
 
 `--fault`: once about half of the searches (or of the time) are done, the indexer process is
 killed with SIGKILL (found as the member of the Flow's process group with files under
-WORKSPACE/HNSWIndexer open), the clients keep going for `--outage-seconds` and their errors are
+WORKSPACE/HNSWIndexer/N open; with shards, the last shard's, so the others keep serving), the
+clients keep going for `--outage-seconds` and their errors are
 counted apart, then the clients pause, the whole Flow is killed and started again on the same
 workspace, and every document acknowledged as stored (and not acknowledged as deleted) is
 looked up by its exact embedding: "acknowledged documents lost" counts those not found; deleted
@@ -108,10 +109,14 @@ def write(client: SearchClient, endpoint: str, doc: dict[str, Any]) -> None:
 # --- the Flow and its indexer process -----------------------------------------------------------
 
 
-def indexer_pids(flow: ServedFlow, workspace: Path) -> list[int]:
-    """The Flow's processes holding files under WORKSPACE/HNSWIndexer (its store's lock)."""
-    prefix = str((workspace / "HNSWIndexer").resolve())
-    return [pid for pid in flow.members() if any(f.startswith(prefix) for f in open_files(pid))]
+def shard_pids(flow: ServedFlow, workspace: Path) -> tuple[int, list[int]]:
+    """The last index shard (0 for flow.yml) and the Flow's processes holding files in its
+    workspace folder WORKSPACE/HNSWIndexer/N (its store's lock)."""
+    shard = max(int(p.name) for p in (workspace / "HNSWIndexer").iterdir() if p.name.isdigit())
+    prefix = str((workspace / "HNSWIndexer" / str(shard)).resolve()) + os.sep
+    return shard, [
+        pid for pid in flow.members() if any(f.startswith(prefix) for f in open_files(pid))
+    ]
 
 
 # --- the load -----------------------------------------------------------------------------------
@@ -292,15 +297,16 @@ def verify(host: str, ledger: Ledger) -> dict[str, Any]:
 def fault(
     shared: Shared, flow: ServedFlow, workspace: Path, ledger: Ledger, outage_s: float
 ) -> dict[str, Any]:
-    """Kill the indexer, let the clients fail for `outage_s`, restart the Flow, verify."""
-    pids = indexer_pids(flow, workspace)
+    """Kill the indexer (the last shard), let the clients fail for `outage_s`, restart the
+    Flow, verify."""
+    shard, pids = shard_pids(flow, workspace)
     if len(pids) != 1:
-        raise RuntimeError(f"expected one indexer process, found {pids}")
+        raise RuntimeError(f"expected one process for index shard {shard}, found {pids}")
     with shared.lock:
         shared.phase = OUTAGE
     killed_at = time.monotonic()
     os.kill(pids[0], signal.SIGKILL)
-    print(f"killed the indexer (pid {pids[0]}) with SIGKILL", file=sys.stderr)
+    print(f"killed index shard {shard} (pid {pids[0]}) with SIGKILL", file=sys.stderr)
     time.sleep(outage_s)
     shared.running.clear()  # the clients pause while the Flow restarts
     flow.kill()
@@ -310,7 +316,12 @@ def fault(
     print(f"Flow restarted in {restart_s:.1f} s; verifying", file=sys.stderr)
     result = verify(flow.grpc, ledger)
     result.update(
-        {"indexer_pid": pids[0], "outage_s": time.monotonic() - killed_at, "restart_s": restart_s}
+        {
+            "indexer_pid": pids[0],
+            "shard": shard,
+            "outage_s": time.monotonic() - killed_at,
+            "restart_s": restart_s,
+        }
     )
     with shared.lock:
         shared.generation += 1
@@ -335,7 +346,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--searches", type=int, default=10_000, help="across all searchers")
     p.add_argument("--max-seconds", type=float, default=300.0, help="wall limit of the load")
     p.add_argument("--keep", type=float, default=0.3, help="share of writer docs not deleted")
-    p.add_argument("--fault", action="store_true", help="kill -9 the indexer mid-run")
+    p.add_argument(
+        "--fault", action="store_true", help="kill -9 the indexer (its last shard) mid-run"
+    )
     p.add_argument("--outage-seconds", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="runs/bench/bench_load.json")
@@ -490,8 +503,9 @@ def print_table(r: dict[str, Any], command: str) -> None:
     f = r["fault"]
     if f:
         print(
-            f"- fault: indexer pid {f['indexer_pid']} killed with SIGKILL; Flow restarted in "
-            f"{f['restart_s']:.1f} s ({f['outage_s']:.1f} s from the kill to clients resuming)"
+            f"- fault: index shard {f['shard']} (pid {f['indexer_pid']}) killed with SIGKILL; "
+            f"Flow restarted in {f['restart_s']:.1f} s ({f['outage_s']:.1f} s from the kill to "
+            "clients resuming)"
         )
         print(
             f"- acknowledged documents lost: {len(f['acknowledged_lost'])} "
