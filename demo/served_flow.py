@@ -23,6 +23,8 @@ from demo import REPO
 from executors.flow_env import FLOW_ENV_DEFAULTS
 
 JINA = str(Path(sys.executable).with_name("jina"))
+# What jina logs when an executor of the Flow could not start (the process does not exit).
+ABORTED = "Flow is aborted due to"
 
 
 def free_port() -> int:
@@ -89,6 +91,9 @@ class ServedFlow:
             if self.proc.poll() is not None:
                 code = self.proc.returncode
                 raise RuntimeError(f"jina flow exited with {code}:\n{self.log_tail()}")
+            if ABORTED in self.log_tail(n=20_000):  # jina logs it and keeps running
+                self.kill()
+                raise RuntimeError(f"jina aborted the Flow:\n{self.log_tail()}")
             try:
                 if requests.post(f"{self.http}/status", json={"data": []}, timeout=5).ok:
                     return self

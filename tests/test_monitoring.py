@@ -93,3 +93,16 @@ def test_each_process_counts_what_it_decided_once(monitored):
     assert total(indexer, "clip_search_queries_total", kind="text") == 1
     assert total(indexer, "clip_search_search_seconds_count", kind="text") == 1
     assert total(indexer, "clip_search_search_seconds_sum", kind="text") > 0
+
+
+@pytest.mark.slow
+def test_a_flow_jina_aborts_is_an_error_at_once_not_a_wait(tmp_path):
+    # two processes given one metrics port: one cannot start, jina logs that it aborts the
+    # Flow and keeps running; the harness must say so instead of waiting out its timeout
+    env = flow_env(BASE_MODEL_DIR, tmp_path / "ws", tmp_path)
+    port = str(free_port())
+    env.update(MONITORING="true", GATEWAY_METRICS_PORT=port, INDEXER_METRICS_PORTS=port)
+    served = ServedFlow("flow.yml", env, tmp_path / "log", start_timeout_s=900)
+    with pytest.raises(RuntimeError, match="jina aborted the Flow"):
+        served.start()
+    assert served.proc is None  # killed, nothing left running
