@@ -630,7 +630,9 @@ class HNSWStore:
 
     def _knn(self, q: np.ndarray, k: int, ef: int) -> tuple[np.ndarray, np.ndarray]:
         """hnswlib query; when it finds fewer than ``k`` live vectors (small ef among many
-        deletions) it raises, so retry with a doubled ef up to a search of the whole graph."""
+        deletions) it raises, so retry with a doubled ef up to a search of the whole graph.
+        Even that can miss live vectors when deleted ones crowd them out (many identical
+        vectors deleted, say): then the live vectors are scanned exactly."""
         graph, total = self._index, self._index.element_count
         try:
             while True:
@@ -639,10 +641,11 @@ class HNSWStore:
                     return graph.knn_query(q, k=k, num_threads=self.num_threads)
                 except RuntimeError:
                     if ef >= total:
-                        raise
+                        break
                     ef = min(2 * ef, total)
         finally:
             graph.set_ef(self.ef)
+        return self._exact(q, k, np.fromiter(self._fields, np.int64, len(self._fields)))
 
     def _filtered_knn(
         self, q: np.ndarray, k: int, ef: int, flt: Filter

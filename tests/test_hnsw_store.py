@@ -188,6 +188,29 @@ def test_search_after_most_items_are_deleted(store):
     assert all(sorted(h.id for h in row) == ids(200)[195:] for row in hits)
 
 
+@pytest.mark.parametrize("seed", [2, 3])
+def test_search_after_many_identical_vectors_were_deleted(tmp_path, seed):
+    # 2,000 near-identical vectors (an image indexed under many ids), then deleted: the graph
+    # walk finds none of the few live ones even at ef = every element, and hnswlib raises
+    rng = np.random.default_rng(seed)
+    with HNSWStore(tmp_path / "store", initial_capacity=64) as store:
+        kept = rng.normal(size=(8, 64)).astype(np.float32)
+        store.upsert(ids(8, "kept"), kept)
+        copies = []
+        for round_ in range(2):
+            base = rng.normal(size=64).astype(np.float32)
+            noise = rng.normal(size=(1000, 64)).astype(np.float32) * 1e-4 * round_
+            copies += ids(1000, f"copy{round_}-")
+            for start in range(0, 1000, 512):
+                batch = slice(start, start + 512)
+                store.upsert(ids(1000, f"copy{round_}-")[batch], (base + noise)[batch])
+        store.delete(copies)
+        hits = store.search(rng.normal(size=(5, 64)).astype(np.float32), limit=16)
+        assert [sorted(h.id for h in row) for row in hits] == [sorted(ids(8, "kept"))] * 5
+        exact = store.search(kept, limit=1)
+        assert [row[0].id for row in exact] == ids(8, "kept")
+
+
 def test_search_limits_and_bad_queries(store):
     assert store.search(vectors(2), limit=5) == [[], []]  # empty store
     x = vectors(5)
