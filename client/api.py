@@ -54,12 +54,14 @@ DEFAULT_TIMEOUT_S = 300.0
 # Requests the gRPC client may have in flight: enough to keep every executor busy, few enough
 # that image bytes read ahead stay bounded (IN_FLIGHT x batch size images).
 IN_FLIGHT = 4
-# jina 3.34's HTTP gateway cuts a request into chunks of 100 documents and answers with the
-# first chunk to finish: over HTTP the client never sends more, so every reply is whole.
-HTTP_MAX_DOCS = 100
-# The service refuses a request of more documents whole (MAX_DOCS_PER_REQUEST in
-# search/limits.py, which the client may not import; a test checks they agree).
-GRPC_MAX_DOCS = 512
+# What the service takes in one request (MAX_DOCS_PER_REQUEST and MAX_REQUEST_BYTES in
+# search/limits.py, which the client may not import; a test checks they agree): more documents
+# or bytes are refused whole, so the client cuts its batches to fit.
+MAX_DOCS = 512
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# Image bytes per request: what fits in MAX_REQUEST_BYTES as base64 (HTTP's data: URIs), with
+# room for the rest of the documents.
+_IMAGE_BYTES_PER_REQUEST = MAX_REQUEST_BYTES // 2
 # The endpoints that carry the token (reads stay open).
 WRITE_ENDPOINTS = (INDEX, UPDATE, DELETE)
 
@@ -149,8 +151,9 @@ class SearchClient:
     def __init__(
         self, host: str = DEFAULT_HOST, timeout: float = DEFAULT_TIMEOUT_S, token: str | None = None
     ):
-        """`token`: what the service's write endpoints require (its API_TOKEN), sent as
-        `parameters["token"]` with /index, /update and /delete; default: $SEARCH_TOKEN."""
+        """`token`: what the service's write endpoints require (its API_TOKEN), sent with
+        /index, /update and /delete only: over HTTP as `Authorization: Bearer`, over gRPC as
+        `parameters["token"]`; default: $SEARCH_TOKEN."""
         self.token = token if token is not None else os.environ.get("SEARCH_TOKEN") or None
         if "://" not in host:
             host = f"grpc://{host}"
@@ -190,24 +193,25 @@ class SearchClient:
             if on_batch:
                 on_batch(batch)
 
-        docs = self._index_docs(items, done)
+        batches = _request_batches(self._index_docs(items, done), batch_size)
         if self.protocol == "grpc":
-            size = min(batch_size, GRPC_MAX_DOCS)
-            batches = (
-                _wire_docs(INDEX, batch, offset=n * size)
-                for n, batch in enumerate(batched(docs, size))
-            )
+            offsets = [0]
+
+            def wire(batch: list[dict]) -> DocList[SearchDoc]:
+                offsets[0] += len(batch)
+                return _wire_docs(INDEX, batch, offset=offsets[0] - len(batch))
+
             with self._grpc_errors():
                 self._transport().pipeline(
                     INDEX,
-                    batches,
+                    map(wire, batches),
                     lambda answer: done([_outcome(_doc_dict(d)) for d in answer]),
                     in_flight=IN_FLIGHT,
                     timeout=self.timeout,
                     parameters=self._with_token(INDEX, None),
                 )
         else:
-            for batch in batched(docs, min(batch_size, HTTP_MAX_DOCS)):
+            for batch in batches:
                 done([_outcome(d) for d in self.post(INDEX, batch)])
         return outcomes
 
@@ -263,7 +267,7 @@ class SearchClient:
         """Delete documents by id; unknown ids come back with error `unknown id`."""
         return [
             _outcome(d)
-            for batch in batched(({"id": str(i)} for i in ids), HTTP_MAX_DOCS)
+            for batch in batched(({"id": str(i)} for i in ids), MAX_DOCS)
             for d in self.post(DELETE, batch)
         ]
 
@@ -325,6 +329,10 @@ class SearchClient:
         """The documents to send, read lazily; unreadable files are reported, not sent."""
         for item in items:
             try:
+                size = Path(item.path).stat().st_size
+                if size > _IMAGE_BYTES_PER_REQUEST:
+                    done([Outcome(item.id, _too_big(item.path, size))])
+                    continue
                 data = Path(item.path).read_bytes()
             except OSError as e:
                 done([Outcome(item.id, f"{item.path}: cannot read ({e.strerror})")])
@@ -361,38 +369,35 @@ class SearchClient:
     def _http_post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        if len(docs) > HTTP_MAX_DOCS:
-            raise ClientError(
-                f"{endpoint}: {len(docs)} documents in one HTTP request; the gateway would answer "
-                f"for the first {HTTP_MAX_DOCS} only: send at most {HTTP_MAX_DOCS} per request"
-            )
-        _wire_docs(endpoint, docs)  # refuses a document the gateway would answer with a 500
-        payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters or {}}
+        _wire_docs(endpoint, docs)  # a mistyped field is the caller's error: say so now
+        parameters = dict(parameters or {})
+        headers = {}
+        if "token" in parameters:  # over HTTP the token travels in its standard header
+            headers["Authorization"] = f"Bearer {parameters.pop('token')}"
+        payload = {"data": [_json_doc(d) for d in docs], "parameters": parameters}
         if self._http is None:
             self._http = requests.Session()  # kept alive: no TCP handshake per query
         try:
             r = self._http.post(
-                self.host.rstrip("/") + endpoint, json=payload, timeout=self.timeout
+                self.host.rstrip("/") + endpoint,
+                json=payload,
+                headers=headers,
+                timeout=self.timeout,
             )
         except requests.RequestException as e:
             raise self._unreachable(e) from e
-        if r.status_code == 422:
-            raise ClientError(f"{endpoint} refused the request: {_validation_errors(r)}")
-        if r.status_code >= 500:
-            raise ClientError(
-                f"{endpoint} failed: HTTP {r.status_code}: {r.text[:500]} (the gateway could not "
-                f"carry the request: an executor of the Flow may be down, or a value could not "
-                f"be converted; the Flow's log says which)"
-            )
-        if r.status_code != 200:
-            raise ClientError(f"{endpoint} failed: HTTP {r.status_code}: {r.text[:500]}")
         try:
             body = r.json()
-        except ValueError as e:
-            raise ClientError(f"{endpoint} failed: the answer is not JSON: {r.text[:200]!r}") from e
-        header = body.get("header") or {}
-        if (header.get("status") or {}).get("code") not in (None, 0, "SUCCESS"):
-            raise ClientError(f"{endpoint} failed: {header['status']}")
+        except ValueError:
+            body = None
+        if r.status_code != 200:
+            error = body.get("error") if isinstance(body, dict) else None
+            what = "refused" if 400 <= r.status_code < 500 else "failed"
+            raise ClientError(
+                f"{endpoint} {what} the request: {error or r.text[:500]} (HTTP {r.status_code})"
+            )
+        if not isinstance(body, dict):
+            raise ClientError(f"{endpoint} failed: the answer is not JSON: {r.text[:200]!r}")
         return body.get("data") or []
 
     def _unreachable(self, error: Exception) -> ClientError:
@@ -425,37 +430,9 @@ def _wire_docs(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> Do
     return DocList[SearchDoc](wire)
 
 
-def _validation_errors(response: requests.Response) -> str:
-    """A 422 from the gateway (its request model refused the JSON before any executor saw it)
-    as text naming each bad document by index and field: `{"detail": [{"loc": ["body",
-    "data", 0, "text"], "msg": ...}]}` in FastAPI's form."""
-    try:
-        details = response.json().get("detail")
-    except (ValueError, AttributeError):
-        details = None
-    if not isinstance(details, list) or not details:
-        return f"HTTP 422: {response.text[:500]}"
-    # jina's request model is a union (a list of documents, or one): pydantic reports each
-    # alternative; the ones that point at a document by index are the useful ones
-    indexed = [d for d in details if any(isinstance(p, int) for p in d.get("loc") or [])]
-    details = indexed or details
-    parts = []
-    for item in details[:10]:
-        loc = list(item.get("loc") or [])
-        index = next((i for i, p in enumerate(loc) if isinstance(p, int)), None)
-        if index is not None and "data" in loc[:index]:
-            field = ".".join(str(p) for p in loc[index + 1 :])
-            where = f"document {loc[index]}" + (f", field {field}" if field else "")
-        else:
-            where = ".".join(str(p) for p in loc if p != "body") or "the request"
-        parts.append(f"{where}: {item.get('msg', item)}")
-    more = f" (and {len(details) - 10} more)" if len(details) > 10 else ""
-    return "; ".join(parts) + more + " (HTTP 422)"
-
-
 def _check_finite(value: Any, where: str) -> None:
-    """NaN and Infinity are not JSON and not protobuf numbers: jina's gateway fails the whole
-    request on them (HTTP 500), so they are refused here, by name."""
+    """NaN and Infinity are not JSON: the service refuses a request holding them (HTTP 400),
+    so they are refused here, by name, before anything is sent."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ClientError(f"{where} is {value}: parameters must be finite numbers")
     if isinstance(value, dict):
@@ -464,6 +441,23 @@ def _check_finite(value: Any, where: str) -> None:
     elif isinstance(value, list | tuple):
         for i, item in enumerate(value):
             _check_finite(item, f"{where}[{i}]")
+
+
+def _request_batches(docs: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict]]:
+    """Batches of at most `batch_size` documents that fit in one request of the service."""
+    return batched(
+        docs,
+        min(batch_size, MAX_DOCS),
+        weight=lambda doc: len(doc.get("blob") or b""),
+        max_weight=_IMAGE_BYTES_PER_REQUEST,
+    )
+
+
+def _too_big(path: str, size: int) -> str:
+    return (
+        f"{path}: {size} bytes, more than one request carries ({_IMAGE_BYTES_PER_REQUEST} bytes "
+        f"of image, within the service's MAX_REQUEST_BYTES)"
+    )
 
 
 def _outcome(doc: dict[str, Any]) -> Outcome:

@@ -28,7 +28,11 @@ FLOW_SETTINGS: dict[str, tuple[str, str]] = {
     "IMAGE_ROOTS": ("", "folders image uris may point into (':'-separated); none: no files"),
     "TORCH_THREADS": ("", "torch threads per encoder process on a CPU host (CPUs / replicas)"),
     "ENCODER_RUNTIME": ("torch", "torch, onnx or onnx-int8 (towers exported by finetune export)"),
-    "API_TOKEN": ("", "token /index, /update and /delete require (parameters.token); empty: open"),
+    "API_TOKEN": (
+        "",
+        "token /index, /update and /delete require (HTTP: Authorization: Bearer; gRPC: "
+        "parameters.token); empty: open",
+    ),
     "EXECUTOR_HOST": (
         "127.0.0.1",
         "address the executors and shard heads listen on (internal ports); 0.0.0.0 only where "

@@ -1,8 +1,10 @@
 """Who may write: the write endpoints need a token when the service has one.
 
-jina 3.34's standard gateway hands executors no HTTP headers and no gRPC metadata, so the
-token travels in the request's `parameters["token"]` (over TLS, or on a trusted network: it is
-a shared secret, not a signature). Reads (searches, /get, /status) stay open.
+The executors see the token in the request's `parameters["token"]`: over HTTP the service's
+gateway puts the `Authorization: Bearer` header there (and never echoes it back); over gRPC
+the caller sets it, since jina's gRPC gateway hands executors no metadata. It is a shared
+secret, not a signature: send it over TLS or on a trusted network. Reads (searches, /get,
+/status) stay open.
 """
 
 from __future__ import annotations

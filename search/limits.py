@@ -28,6 +28,9 @@ MAX_TAG_KEY_CHARS = 128
 MAX_TAGS_JSON_BYTES = 16 * 1024
 # Documents (and ids, for /delete) in one request: beyond it every document gets the error.
 MAX_DOCS_PER_REQUEST = 512
+# Bytes of one request: an HTTP body (images as base64 data: URIs) or a gRPC message. Over it
+# the gateway refuses the request whole; the client cuts its batches to fit.
+MAX_REQUEST_BYTES = 64 * 1024 * 1024
 # Pixels the image encoder decodes for one request; images past the budget get an error.
 MAX_REQUEST_PIXELS = 256 * 1024 * 1024
 # Characters of stored text a search returns per match: texts stored before MAX_TEXT_CHARS

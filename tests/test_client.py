@@ -232,8 +232,7 @@ def test_a_product_csv_indexes_its_extra_columns_as_tags_to_filter_on(flow, tmp_
 
 @pytest.mark.slow
 def test_every_document_of_a_large_job_gets_its_own_outcome(host, flow, tmp_path):
-    # jina's HTTP gateway answers only the first 100 documents of a request: the client
-    # splits its jobs so that each reply covers everything it sent
+    # a job larger than one request: the client splits it, and each reply covers its batch
     Image.new("RGB", (24, 24), (90, 10, 200)).save(tmp_path / "one.png")
     items = [IndexItem(f"bulk/{i}", str(tmp_path / "one.png")) for i in range(250)]
     with SearchClient(host) as client:
@@ -243,6 +242,12 @@ def test_every_document_of_a_large_job_gets_its_own_outcome(host, flow, tmp_path
         deleted = client.delete([i.id for i in items] + ["bulk/none"])
         assert len(deleted) == 251 and all(o.error is None for o in deleted[:250])
         assert deleted[250].error == "unknown id"
+        # one request over the limit: HTTP refuses it with 413, gRPC answers every document
+        # with the refusal; both name the limit
+        too_many = [{"id": f"x{i}"} for i in range(513)]
         if client.protocol == "http":
-            with pytest.raises(ClientError, match="at most 100 per request"):
-                client.post("/delete", [{"id": f"x{i}"} for i in range(101)])
+            with pytest.raises(ClientError, match=r"limit of 512 \(MAX_DOCS_PER_REQUEST\)"):
+                client.post("/get", too_many)
+        else:
+            errors = {a["error"] for a in client.post("/get", too_many)}
+            assert len(errors) == 1 and "(MAX_DOCS_PER_REQUEST)" in errors.pop()

@@ -37,35 +37,23 @@ def test_an_unreachable_grpc_gateway_is_a_client_error():
             client.search("a dog")
 
 
-# What jina 3.34's HTTP gateway answers to `{"data": [{"text": "ok"}, {"text": 5}]}` (its
-# request model refuses the document before any executor sees the request).
-UNPROCESSABLE = {
-    "detail": [
-        {
-            "type": "string_type",
-            "loc": ["body", "data", "list[SearchDoc]", 1, "text"],
-            "msg": "Input should be a valid string",
-            "input": 5,
-        },
-        {
-            "type": "model_attributes_type",
-            "loc": ["body", "data", "SearchDoc"],
-            "msg": "Input should be a valid dictionary or object to extract fields from",
-        },
-    ]
+# What the service's HTTP API answers to a request it refuses whole (executors/http_api.py).
+REFUSALS = {
+    "/index": (413, {"error": "the request has 600 documents, more than the limit of 512"}),
+    "/search": (400, {"error": "parameters.limit is NaN: JSON numbers must be finite"}),
+    "/health": (503, {"error": "index shard(s) 1 of 2 did not answer", "executor": "indexer"}),
 }
 
 
 @pytest.fixture
 def http_gateway() -> Iterator[str]:
-    """A stand-in gateway on 127.0.0.1: /search answers 422, /status a body that is not JSON."""
+    """A stand-in gateway on 127.0.0.1: the refusals above, and a /status that is not JSON."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            code, body = (
-                (422, json.dumps(UNPROCESSABLE)) if self.path == "/search" else (200, "<html>")
-            )
+            code, answer = REFUSALS.get(self.path, (200, None))
+            body = "<html>" if answer is None else json.dumps(answer)
             self.send_response(code)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -85,14 +73,18 @@ def http_gateway() -> Iterator[str]:
         thread.join(timeout=10)
 
 
-def test_an_http_422_names_the_document_and_field(http_gateway):
+def test_a_refused_or_failed_http_request_is_a_client_error_saying_why(http_gateway):
     with SearchClient(http_gateway, timeout=10) as client:
-        with pytest.raises(ClientError) as error:
-            client.post("/search", [{"text": "ok"}, {"text": "x"}])
-        assert str(error.value) == (
-            "/search refused the request: document 1, field text: Input should be a valid "
-            "string (HTTP 422)"
-        )
+        for endpoint, (code, answer) in REFUSALS.items():
+            with pytest.raises(ClientError) as error:
+                client.post(endpoint, [])
+            what = "refused" if code < 500 else "failed"
+            assert (
+                str(error.value)
+                == f"{endpoint} {what} the request: {answer['error']} (HTTP {code})"
+            )
+        health = client.health()
+        assert not health.healthy and "shard(s) 1 of 2 did not answer" in health.error
         with pytest.raises(ClientError, match="the answer is not JSON"):
             client.status()
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from client.api import IndexItem
 from demo import BASE_MODEL_DIR
 from finetune.images import ImageError
 from search import limits
@@ -170,7 +171,26 @@ def test_held_images_are_encoded_early_and_embed_as_in_one_batch(monkeypatch):
         np.testing.assert_allclose(a.embedding, b.embedding, atol=1e-5)
 
 
-def test_the_client_splits_grpc_jobs_at_the_service_limit():
-    from client.api import GRPC_MAX_DOCS
+def test_the_client_cuts_its_requests_to_the_service_limits(tmp_path):
+    from client.api import MAX_DOCS, MAX_REQUEST_BYTES, SearchClient, _request_batches
 
-    assert GRPC_MAX_DOCS == MAX_DOCS_PER_REQUEST
+    assert (MAX_DOCS, MAX_REQUEST_BYTES) == (MAX_DOCS_PER_REQUEST, limits.MAX_REQUEST_BYTES)
+    # by count: at most MAX_DOCS documents, whatever batch size is asked for
+    texts = [{"id": str(i), "text": "t"} for i in range(1_100)]
+    assert [len(b) for b in _request_batches(texts, 10_000)] == [512, 512, 76]
+    # by bytes: images of a quarter of the request each, base64 (4/3) and all, fit 2 a request
+    quarter = b"x" * (MAX_REQUEST_BYTES // 4)
+    images = [{"id": str(i), "blob": quarter} for i in range(5)]
+    batches = list(_request_batches(images, 32))
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert all(sum(len(d["blob"]) for d in b) * 4 / 3 < MAX_REQUEST_BYTES for b in batches)
+    # a file that no request could carry is reported by the client, not sent
+    big = tmp_path / "big.png"
+    big.write_bytes(b"x" * (MAX_REQUEST_BYTES // 2 + 1))
+    outcomes = []
+    sent = list(
+        SearchClient("grpc://127.0.0.1:9")._index_docs(
+            [IndexItem("big", str(big))], outcomes.extend
+        )
+    )
+    assert sent == [] and "more than one request carries" in outcomes[0].error

@@ -1,0 +1,94 @@
+"""The Flow's gateway: jina's own gRPC gateway and the service's HTTP API in one process.
+
+`SearchGateway` is a composite of two servers over one jina request handler (one streamer,
+one set of connections to the executors), as jina's built-in gRPC + HTTP gateway is, except
+that its HTTP side is `SearchHTTPGateway`: the API of `executors.http_api`, which sends each
+request through the Flow whole (jina's HTTP gateway cut it into chunks of 100 and answered
+with the first) and answers malformed bodies with a 4xx naming the fault. Both are built on
+jina's public gateway classes; the Flow YAMLs name it in their `gateway:` section.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from docarray import DocList
+from fastapi import FastAPI
+from jina.excepts import InternalNetworkError
+from jina.serve.runtimes.gateway.gateway import BaseGateway
+from jina.serve.runtimes.gateway.grpc import GRPCGateway
+from jina.serve.runtimes.gateway.http.fastapi import FastAPIBaseGateway
+from jina.serve.runtimes.servers.composite import CompositeBaseServer
+
+from executors.http_api import FlowReply, FlowRequest, http_app
+from search.limits import MAX_REQUEST_BYTES
+
+
+class SearchHTTPGateway(FastAPIBaseGateway):
+    """The service's HTTP API (`executors.http_api`) over jina's streamer."""
+
+    @property
+    def app(self) -> FastAPI:
+        return http_app(self.send, title=self.title or "CLIP search")
+
+    async def send(self, request: FlowRequest) -> FlowReply:
+        """`request` through the Flow as one request."""
+        try:
+            async for response, error in self.streamer.stream(
+                docs=request.docs,
+                request_size=max(len(request.docs), 1),
+                exec_endpoint=request.endpoint,
+                parameters=request.parameters,
+                return_results=True,
+                return_type=DocList[request.docs.doc_type],
+            ):
+                if error is not None:
+                    return FlowReply(
+                        error="; ".join(map(str, error.args)) or error.name,
+                        exception=error.name,
+                        executor=error.executor or None,
+                    )
+                return FlowReply(docs=response.docs, parameters=dict(response.parameters))
+        except InternalNetworkError as e:
+            self.logger.error(f"{request.endpoint}: an executor could not be reached: {e}")
+            return FlowReply(error=_unreachable(e), unreachable=True)
+        except Exception as e:  # the request fails, the gateway serves on
+            self.logger.error(f"{request.endpoint} failed in the gateway: {e!r}")
+            return FlowReply(error=f"the gateway failed the request: {type(e).__name__}: {e}")
+        return FlowReply(error="the Flow sent no answer")
+
+
+class SearchGateway(CompositeBaseServer, BaseGateway):
+    """jina's gRPC gateway for `grpc` and `SearchHTTPGateway` for `http`, on the Flow's
+    ports in the order of its `protocol` list. The gRPC side refuses messages over
+    `MAX_REQUEST_BYTES` (gRPC's RESOURCE_EXHAUSTED), as the HTTP side refuses bodies (413)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.servers = []
+        for server_kwargs in self._server_kwargs:
+            server_class = _server_class(str(server_kwargs["runtime_args"]["protocol"]))
+            if server_class is GRPCGateway:
+                server_kwargs["grpc_server_options"] = {
+                    **(server_kwargs.get("grpc_server_options") or {}),
+                    "grpc.max_receive_message_length": MAX_REQUEST_BYTES,
+                }
+            self.servers.append(server_class(**server_kwargs))
+        self.gateways = self.servers  # jina's name for them
+
+
+def _server_class(protocol: str) -> type:
+    name = protocol.rsplit(".", 1)[-1].lower()
+    if name == "grpc":
+        return GRPCGateway
+    if name == "http":
+        return SearchHTTPGateway
+    raise ValueError(f"SearchGateway serves grpc and http, not {protocol!r}")
+
+
+def _unreachable(error: InternalNetworkError) -> str:
+    where = f" ({error.dest_addr})" if getattr(error, "dest_addr", None) else ""
+    return (
+        f"an executor of the Flow could not be reached{where}: {error.details()}; the Flow's "
+        f"log names it, and `python -m client health` checks every executor"
+    )
