@@ -7,10 +7,10 @@ flow.scaled.yml stays the one place the topology lives (encoder replicas, indexe
 polling and `MatchMerger`); this module only prepares that Flow for jina's exporter and then
 post-processes what it wrote (the manual: docs/kubernetes.md):
 
-- Every executor runs the project image (jina's export needs a `docker://` image for each). jina
-  then starts the container with `--uses config.yml`; that becomes the class flow.scaled.yml
-  names, imported through the same `--py-modules` as in a local Flow, so the image needs no
-  config file per executor and relative settings keep meaning the image's /app.
+- Every executor and the gateway run the project image (jina's export needs a `docker://` image
+  for each). jina then starts the container with `--uses config.yml`; that becomes the class
+  flow.scaled.yml names, imported through the same `--py-modules` as in a local Flow, so the
+  image needs no config file per executor and relative settings keep meaning the image's /app.
 - Each indexer shard is a StatefulSet whose PersistentVolumeClaim is mounted on its workspace.
 - API_TOKEN comes from a Secret; the containers' arguments carry the text `$API_TOKEN`, which
   each executor expands from its own environment when it starts (see executors/flow_env.py).
@@ -182,8 +182,10 @@ def _executor_classes(flow: dict[str, Any]) -> dict[str, dict[str, str]]:
             if executor.get(key):
                 containers[container] = executor[key]
         classes[executor["name"]] = containers
-    if not any(c["executor"] == INDEXER_CLASS for c in classes.values()):
+    if not any(c.get("executor") == INDEXER_CLASS for c in classes.values()):
         raise ValueError(f"the Flow has no {INDEXER_CLASS} executor")
+    if (flow.get("gateway") or {}).get("uses"):
+        classes["gateway"] = {"gateway": flow["gateway"]["uses"]}
     return classes
 
 
@@ -194,6 +196,8 @@ def _prepare(
     the indexer's workspace on its volume."""
     flow = copy.deepcopy(flow)
     flow.setdefault("with", {})["env"] = dict(POD_ENV)  # the gateway's
+    if (flow.get("gateway") or {}).get("uses"):
+        flow["gateway"]["uses"] = f"docker://{image}"
     for executor in flow["executors"]:
         uses = executor["uses"]
         for key in ("uses", "uses_before", "uses_after"):

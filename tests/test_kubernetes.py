@@ -9,10 +9,13 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import yaml
 from kubernetes.client import ApiClient
 
@@ -29,6 +32,7 @@ from deploy.kubernetes import (
     main,
 )
 from executors.flow_env import FLOW_SETTINGS
+from search.limits import MAX_DOCS_PER_REQUEST
 from search.sharding import owner_shard
 
 REPO = Path(__file__).resolve().parents[1]
@@ -352,12 +356,50 @@ def test_settings_are_checked(tmp_path, capsys):
 # ------------------------------------------------------------------- a shard as its pod runs
 
 
-def test_a_shard_started_as_its_pod_requires_the_token_from_its_environment(
+@contextmanager
+def pod_process(args: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
+    """`jina ARGS` as a container runs it, from the project (the image's working directory);
+    stopped, or killed, on leaving."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [JINA, *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def until_up(proc: subprocess.Popen, log: Path, call: Callable[[], Any], errors: tuple) -> Any:
+    """`call()` once the process answers it (60 s at most)."""
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+        try:
+            return call()
+        except errors:
+            assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+            time.sleep(0.5)
+
+
+def test_a_shard_and_the_gateway_started_as_their_pods_serve_with_the_token(
     manifests, tmp_path, monkeypatch
 ):
     """`jina executor` with the shard container's own arguments (port, address and workspace
     moved to this machine) and environment (its ConfigMap, API_TOKEN as the Secret gives it):
-    `$API_TOKEN` must be expanded there, or the shard would be open to writes."""
+    `$API_TOKEN` must be expanded there, or the shard would be open to writes. Then `jina
+    gateway` with the gateway container's arguments, routed to that shard alone: it loads the
+    service's gateway from the project and serves its HTTP API."""
     workload = manifests.workload("indexer-1")
     (container,) = containers(workload)
     args = list(container["args"])
@@ -369,16 +411,6 @@ def test_a_shard_started_as_its_pod_requires_the_token_from_its_environment(
     env.pop("SEARCH_TOKEN", None)
     monkeypatch.delenv("SEARCH_TOKEN", raising=False)  # the client's default token
     env.update(manifests.config_map(workload), API_TOKEN="the-secret")
-    log = tmp_path / "shard.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [JINA, *args],
-            cwd=REPO,  # the image's working directory: the project
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     doc_id = next(f"doc-{i}" for i in range(100) if owner_shard(f"doc-{i}", 2) == 1)
     docs = [{"id": doc_id, "embedding": [0.1, 0.2, 0.3, 0.4]}]
 
@@ -390,16 +422,9 @@ def test_a_shard_started_as_its_pod_requires_the_token_from_its_environment(
             client.close()
         return answer.get("error")
 
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                refused = index(None)
-                break
-            except ClientError:
-                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-                time.sleep(0.5)
+    log = tmp_path / "shard.log"
+    with pod_process(args, env, log) as shard:
+        refused = until_up(shard, log, lambda: index(None), (ClientError,))
         assert refused and "requires a token" in refused
         assert "requires a token" in index("wrong")
         assert index("the-secret") is None
@@ -409,10 +434,41 @@ def test_a_shard_started_as_its_pod_requires_the_token_from_its_environment(
         probe = [str(Path(JINA).with_name(probe[0])), *health_command(port)[1:]]
         health = subprocess.run(probe, env=env, capture_output=True, text=True, timeout=60)
         assert health.returncode == 0, health.stdout + health.stderr
-    finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        check_the_gateway_pod(manifests, port, doc_id, tmp_path)
+
+
+def check_the_gateway_pod(manifests: Manifests, shard_port: int, doc_id: str, tmp: Path) -> None:
+    (container,) = containers(manifests.workload("gateway"))
+    args = list(container["args"])
+    assert args[args.index("--uses") + 1] == "SearchGateway"
+    grpc_port, http_port = free_port(), free_port()
+    at = args.index("--port")
+    args[at + 1 : at + 3] = [str(grpc_port), str(http_port)]
+    graph = {"start-gateway": ["indexer"], "indexer": ["end-gateway"]}
+    args[args.index("--graph-description") + 1] = json.dumps(graph)
+    addresses = {"indexer": [f"grpc://127.0.0.1:{shard_port}"]}
+    args[args.index("--deployments-addresses") + 1] = json.dumps(addresses)
+    env = {k: v for k, v in os.environ.items() if k not in FLOW_SETTINGS}
+    env.update(manifests.config_map(manifests.workload("gateway")))
+    url, log = f"http://127.0.0.1:{http_port}", tmp / "gateway.log"
+    with pod_process([*args, "--host", "127.0.0.1"], env, log) as gateway:
+
+        def get(token: str | None) -> requests.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            body = {"data": [{"id": doc_id}, {"id": "never-indexed"}]}
+            return requests.post(f"{url}/get", json=body, headers=headers, timeout=30)
+
+        answer = until_up(gateway, log, lambda: get(None), (requests.ConnectionError,))
+        assert answer.status_code == 200, answer.text
+        assert [d["error"] for d in answer.json()["data"]] == [None, "unknown id"]
+        deleted = requests.post(f"{url}/delete", json={"data": [{"id": doc_id}]}, timeout=30)
+        assert "requires a token" in deleted.json()["data"][0]["error"]
+        too_many = {"data": [{"id": "x"}] * (MAX_DOCS_PER_REQUEST + 1)}
+        assert requests.post(f"{url}/get", json=too_many, timeout=30).status_code == 413
+        deleted = requests.post(
+            f"{url}/delete",
+            json={"data": [{"id": doc_id}]},
+            headers={"Authorization": "Bearer the-secret"},
+            timeout=30,
+        )
+        assert deleted.json()["data"][0]["error"] is None, deleted.text
