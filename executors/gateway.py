@@ -10,6 +10,7 @@ jina's public gateway classes; the Flow YAMLs name it in their `gateway:` sectio
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from docarray import DocList
@@ -51,7 +52,8 @@ class SearchHTTPGateway(FastAPIBaseGateway):
                 return FlowReply(docs=response.docs, parameters=dict(response.parameters))
         except InternalNetworkError as e:
             self.logger.error(f"{request.endpoint}: an executor could not be reached: {e}")
-            return FlowReply(error=_unreachable(e), unreachable=True)
+            addresses = getattr(self.runtime_args, "deployments_addresses", None)
+            return FlowReply(error=_unreachable(e, addresses), unreachable=True)
         except Exception as e:  # the request fails, the gateway serves on
             self.logger.error(f"{request.endpoint} failed in the gateway: {e!r}")
             return FlowReply(error=f"the gateway failed the request: {type(e).__name__}: {e}")
@@ -86,9 +88,31 @@ def _server_class(protocol: str) -> type:
     raise ValueError(f"SearchGateway serves grpc and http, not {protocol!r}")
 
 
-def _unreachable(error: InternalNetworkError) -> str:
-    where = f" ({error.dest_addr})" if getattr(error, "dest_addr", None) else ""
+def deployments_at(deployments_addresses: str | dict | None, tried: Any) -> list[str]:
+    """The names of the Flow's deployments (jina's `deployments_addresses`: name -> list of
+    `grpc://host:port`) that serve at any of the `tried` addresses (`host:port`)."""
+    if isinstance(deployments_addresses, str):
+        deployments_addresses = json.loads(deployments_addresses or "{}")
+    tried = {
+        str(t).split("://")[-1]
+        for t in (tried if isinstance(tried, list | set | tuple) else [tried])
+        if t
+    }
+    return sorted(
+        name
+        for name, addresses in (deployments_addresses or {}).items()
+        if any(str(a).split("://")[-1] in tried for a in addresses)
+    )
+
+
+def _unreachable(error: InternalNetworkError, deployments_addresses: Any) -> str:
+    tried = getattr(error, "dest_addr", None)
+    names = deployments_at(deployments_addresses, tried)
+    who = ", ".join(names) if names else "an executor of the Flow"
+    where = (
+        f" at {', '.join(sorted(map(str, tried)))}" if isinstance(tried, list | set | tuple) else ""
+    )
     return (
-        f"an executor of the Flow could not be reached{where}: {error.details()}; the Flow's "
-        f"log names it, and `python -m client health` checks every executor"
+        f"{who} could not be reached{where}: {error.details()}; `python -m client health` "
+        f"checks every executor"
     )

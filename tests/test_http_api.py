@@ -22,6 +22,7 @@ from client.api import ClientError, SearchClient
 from client.wire import SearchDoc
 from demo import BASE_MODEL_DIR
 from demo.served_flow import ServedFlow
+from executors.gateway import deployments_at
 from executors.http_api import FlowReply, Refused, failure_status, read_request, reply_body
 from search.access import TOKEN_PARAMETER
 from search.limits import MAX_DOCS_PER_REQUEST, MAX_REQUEST_BYTES, request_error
@@ -122,6 +123,16 @@ def test_a_reply_carries_each_documents_fields_and_no_bytes():
     assert not {"blob", "thumbnail", "tensor"} & set(doc)
 
 
+def test_an_unreachable_address_is_named_by_its_deployment():
+    addresses = {"indexer": ["grpc://127.0.0.1:5001"], "text_encoder": ["grpc://10.0.0.2:80"]}
+    assert deployments_at(json.dumps(addresses), ["127.0.0.1:5001"]) == ["indexer"]
+    assert deployments_at(addresses, {"10.0.0.2:80", "127.0.0.1:5001"}) == [
+        "indexer",
+        "text_encoder",
+    ]
+    assert deployments_at(addresses, "127.0.0.1:9") == deployments_at(None, None) == []
+
+
 def test_a_failed_request_says_whether_part_of_the_flow_is_down():
     assert failure_status(FlowReply(error="x", exception="ShardsMissing")) == 503
     assert failure_status(FlowReply(error="x", unreachable=True)) == 503
@@ -216,8 +227,10 @@ def test_a_dead_executor_is_a_503_that_says_so(served):
     time.sleep(1)
     r = post(f"{served.http}/search", {"data": [{"text": "a stored caption"}]})
     assert r.status_code == 503, r.text
-    assert "could not be reached" in r.json()["error"]
+    assert r.json()["error"].startswith("indexer could not be reached at 127.0.0.1:"), r.text
     assert post(f"{served.http}/health", {}).status_code == 503
-    with pytest.raises(ClientError, match=r"\(HTTP 503\)"):
+    health = SearchClient(served.http).health()
+    assert not health.healthy and "indexer could not be reached" in health.error
+    with pytest.raises(ClientError, match=r"indexer could not be reached.*\(HTTP 503\)"):
         SearchClient(served.http).search("a stored caption")
     served.kill()
