@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_flow_ab.py --against 3e2c563
     .venv/bin/python benchmarks/bench_flow_ab.py --against HEAD~1 --rounds 8 --queries 300
+    .venv/bin/python benchmarks/bench_flow_ab.py --against HEAD~1 --protocol http
 
 Checks the commit out into a temporary git worktree and serves both Flows (`flow.yml`, the
 committed base model or `--tower`, 1 torch thread per encoder) at once, from this checkout's
@@ -55,6 +56,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--threads", type=int, default=1, help="torch threads per encoder")
     p.add_argument(
+        "--protocol",
+        default="grpc",
+        choices=("grpc", "http"),
+        help="what the searches go through (the client's kept-open channel or session)",
+    )
+    p.add_argument(
         "--runtime",
         default="torch",
         choices=("torch", "onnx", "onnx-int8"),
@@ -85,7 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
                     args.tower, tmp / "ws-other", args.threads, tmp / "other.log", cwd=other
                 ),
             }
-            clients = {side: SearchClient(flow.grpc) for side, flow in flows.items()}
+            clients = {
+                side: SearchClient(flow.grpc if args.protocol == "grpc" else flow.http)
+                for side, flow in flows.items()
+            }
             try:
                 searchers = {
                     side: (lambda text, c=client: c.search(text, limit=args.limit))
@@ -119,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     med = statistics.median
     result = {
         "against": args.against,
+        "protocol": args.protocol,
         "search_p50_ms": {side: med(p50[side]) for side in SIDES},
         "search_p50_difference_ms": med(a - b for a, b in zip(*p50.values(), strict=True)),
         "search_p50_ratio": med(b / a for a, b in zip(*p50.values(), strict=True)),
@@ -136,7 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---:|---:|---:|")
     s, i = result["search_p50_ms"], result["index_images_per_s"]
     print(
-        f"| text search p50, ms (gRPC) | {s['this']:.2f} | {s['other']:.2f} "
+        f"| text search p50, ms ({args.protocol}) | {s['this']:.2f} | {s['other']:.2f} "
         f"| {result['search_p50_difference_ms']:+.2f} ms; "
         f"that / this {result['search_p50_ratio']:.2f}x |"
     )
