@@ -15,11 +15,17 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import grpc
-from jina.proto import jina_pb2, jina_pb2_grpc
+from jina.proto import jina_pb2
+from jina.proto.serializer import DataRequestProto
 from jina.types.request.data import DataRequest
 
 # Batches of photos exceed gRPC's default 4 MiB message limit; jina's gateway lifts it too.
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+# jina's unary data-request method (its JinaSingleDataRequestRPC service).
+_PROCESS_SINGLE_DATA = "/jina.JinaSingleDataRequestRPC/process_single_data"
+# What jina's gateway adds to the details of a call it failed because an executor of the Flow
+# could not be reached (the executor's deployment is named after it).
+_GATEWAY_MARK = "|Gateway:"
 
 
 class GatewayError(RuntimeError):
@@ -39,7 +45,14 @@ class GrpcTransport:
             self.channel = grpc.secure_channel(target, creds, options=_UNLIMITED)
         else:
             self.channel = grpc.insecure_channel(target, options=_UNLIMITED)
-        self._call = jina_pb2_grpc.JinaSingleDataRequestRPCStub(self.channel).process_single_data
+        # Replies arrive as bytes and are read here: when the gateway fails a call it sends an
+        # empty reply with the error status, and grpc copies the reply while raising, which a
+        # jina `DataRequest` made from nothing cannot survive (the status would be lost).
+        self._call = self.channel.unary_unary(
+            _PROCESS_SINGLE_DATA,
+            request_serializer=DataRequestProto.SerializeToString,
+            response_deserializer=None,
+        )
 
     def post(
         self,
@@ -115,18 +128,23 @@ def _checked(response_of: Callable[[], Any]) -> Any:
     that cannot be read, as `GatewayError`."""
     try:
         response = response_of()
+        if isinstance(response, bytes):
+            response = DataRequest(response)
     except grpc.RpcError as e:
         code = e.code() if hasattr(e, "code") else None
-        details = e.details() if hasattr(e, "details") else str(e)
+        details = (e.details() if hasattr(e, "details") else None) or str(e)
+        if _GATEWAY_MARK in details:  # the gateway answered: an executor behind it did not
+            cause, _, gateway = details.partition(_GATEWAY_MARK)
+            raise GatewayError(
+                f"{gateway.strip()} ({code.name if code else 'gRPC'}: {cause.strip()})"
+            ) from e
         raise GatewayError(
             f"{code.name if code else 'gRPC error'}: {details}",
             unreachable=code == grpc.StatusCode.UNAVAILABLE,
         ) from e
     except grpc.FutureCancelledError as e:
         raise GatewayError("the request was cancelled") from e
-    except Exception as e:  # noqa: BLE001
-        # grpc copies a failed call's reply while raising; jina's reply type cannot be copied
-        # when empty, which is what the gateway sends when an executor of the Flow is gone
+    except Exception as e:  # noqa: BLE001 - jina's lazy parsing raises anything on a bad reply
         raise GatewayError(_unreadable(e)) from e
     try:
         status = response.header.status

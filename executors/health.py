@@ -4,7 +4,7 @@ shards did not answer.
 A `/health` request passes every executor of the Flow (all bind it): one replica of each
 encoder, then each shard of the index, whose `MatchMerger` fails the request, naming the
 shards, when any of them did not answer. An executor that is down fails the request in the
-gateway (named over HTTP, see `executors.gateway`; over jina's gRPC in the Flow's log only).
+gateway, which names it (over HTTP see `executors.gateway`; over gRPC in the call's status).
 So the request succeeds exactly
 when everything answered, and its answer lists who did: `python -m client health` turns that
 into an exit status for probes.

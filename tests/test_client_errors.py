@@ -9,10 +9,11 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import grpc
 import pytest
 from jina.types.request.data import DataRequest
 
-from client.api import ClientError, SearchClient
+from client.api import ClientError, SearchClient, ServiceUnreachable
 from client.grpc_transport import GrpcTransport
 
 
@@ -27,6 +28,42 @@ def test_an_empty_grpc_reply_is_a_client_error_not_a_parse_error():
             client.search("a dog")
         with pytest.raises(ClientError, match="reply could not be read"):
             client.status()
+    finally:
+        client.close()
+
+
+class _FailedCall(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str):
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_a_dead_executor_behind_the_grpc_gateway_is_named_not_the_gateway_unreachable():
+    # the details jina's gateway gives a call it failed because the indexer was gone
+    details = (
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:5: Connection "
+        "refused |Gateway: Communication error with deployment indexer at address(es) "
+        "{'127.0.0.1:5'}. Head or worker(s) may be down."
+    )
+
+    def failed(request, timeout=None):
+        raise _FailedCall(grpc.StatusCode.UNAVAILABLE, details)
+
+    client = SearchClient("grpc://127.0.0.1:9")
+    client._grpc = GrpcTransport("127.0.0.1:9")
+    client._grpc._call = failed
+    try:
+        with pytest.raises(ClientError) as error:
+            client.search("a dog")
+        assert not isinstance(error.value, ServiceUnreachable)
+        assert "Communication error with deployment indexer" in str(error.value)
+        health = client.health()
+        assert not health.healthy and "deployment indexer" in health.error
     finally:
         client.close()
 

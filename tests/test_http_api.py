@@ -222,7 +222,7 @@ def test_a_request_over_the_byte_limit_is_refused_on_both_protocols(served):
 
 
 @pytest.mark.slow
-def test_a_dead_executor_is_a_503_that_says_so(served):
+def test_a_dead_executor_is_named_over_both_protocols(served):
     os.kill(served.pid_of("indexer/rep-0"), signal.SIGKILL)
     time.sleep(1)
     r = post(f"{served.http}/search", {"data": [{"text": "a stored caption"}]})
@@ -233,4 +233,10 @@ def test_a_dead_executor_is_a_503_that_says_so(served):
     assert not health.healthy and "indexer could not be reached" in health.error
     with pytest.raises(ClientError, match=r"indexer could not be reached.*\(HTTP 503\)"):
         SearchClient(served.http).search("a stored caption")
+    # over gRPC, jina's gateway names it in the call's status details
+    with SearchClient(served.grpc) as client:
+        health = client.health()
+        assert not health.healthy and "with deployment indexer" in health.error, health
+        with pytest.raises(ClientError, match="with deployment indexer"):
+            client.search("a stored caption")
     served.kill()
