@@ -68,6 +68,8 @@ class SearchGateway(CompositeBaseServer, BaseGateway):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.servers = []
+        # the arguments of one server per protocol, sharing this gateway's request handler, as
+        # CompositeBaseServer prepares them for subclasses (jina's CompositeServer reads them so)
         for server_kwargs in self._server_kwargs:
             server_class = _server_class(str(server_kwargs["runtime_args"]["protocol"]))
             if server_class is GRPCGateway:
