@@ -44,6 +44,7 @@ from client.wire import (
     UPDATE,
     SearchDoc,
     StatusDoc,
+    schema_error,
 )
 from finetune.batching import batched
 from finetune.data import load_pairs
@@ -195,16 +196,10 @@ class SearchClient:
 
         batches = _request_batches(self._index_docs(items, done), batch_size)
         if self.protocol == "grpc":
-            offsets = [0]
-
-            def wire(batch: list[dict]) -> DocList[SearchDoc]:
-                offsets[0] += len(batch)
-                return _wire_docs(INDEX, batch, offset=offsets[0] - len(batch))
-
             with self._grpc_errors():
                 self._transport().pipeline(
                     INDEX,
-                    map(wire, batches),
+                    _wired(INDEX, batches),
                     lambda answer: done([_outcome(_doc_dict(d)) for d in answer]),
                     in_flight=IN_FLIGHT,
                     timeout=self.timeout,
@@ -412,6 +407,14 @@ class SearchClient:
         return ClientError(f"the search service at {self.host} failed the request: {error!r}")
 
 
+def _wired(endpoint: str, batches: Iterable[list[dict]]) -> Iterator[DocList[SearchDoc]]:
+    """Each batch as wire documents, each named by its position in the whole job."""
+    offset = 0
+    for batch in batches:
+        yield _wire_docs(endpoint, batch, offset=offset)
+        offset += len(batch)
+
+
 def _wire_docs(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> DocList[SearchDoc]:
     """The documents as the wire's `SearchDoc`s, or a ClientError naming the first document
     (by its position in the job, `offset` + index) and field that do not fit, before anything
@@ -421,11 +424,9 @@ def _wire_docs(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> Do
         try:
             wire.append(SearchDoc(**doc))
         except ValidationError as e:
-            error = e.errors()[0]
-            field = ".".join(str(part) for part in error["loc"]) or "?"
             raise ClientError(
-                f"{endpoint} refused the request: document {offset + i}, field {field}: "
-                f"{error['msg']} (checked before sending)"
+                f"{endpoint} refused the request: document {offset + i}, {schema_error(e)} "
+                f"(checked before sending)"
             ) from None
     return DocList[SearchDoc](wire)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 # Each endpoint passes only the executors that bind it: text search goes gateway -> text
 # encoder -> indexer, image search through the image encoder, /delete and /status straight
@@ -62,3 +62,11 @@ class StatusDoc(BaseDoc):
     `/health` (`{"executor": runtime name, "shard": number or None}`)."""
 
     info: dict[str, Any] = {}
+
+
+def schema_error(error: ValidationError) -> str:
+    """The first fault of a document that does not fit its schema, naming the field:
+    `field tags: Input should be a valid dictionary`."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "?"
+    return f"field {field}: {first['msg']}"

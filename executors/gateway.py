@@ -95,25 +95,25 @@ def deployments_at(deployments_addresses: str | dict | None, tried: Any) -> list
     `grpc://host:port`) that serve at any of the `tried` addresses (`host:port`)."""
     if isinstance(deployments_addresses, str):
         deployments_addresses = json.loads(deployments_addresses or "{}")
-    tried = {
-        str(t).split("://")[-1]
-        for t in (tried if isinstance(tried, list | set | tuple) else [tried])
-        if t
-    }
+    tried = set(_addresses(tried))
     return sorted(
         name
         for name, addresses in (deployments_addresses or {}).items()
-        if any(str(a).split("://")[-1] in tried for a in addresses)
+        if tried.intersection(_addresses(addresses))
     )
+
+
+def _addresses(value: Any) -> list[str]:
+    """`host:port` of each address in `value` (one, or a collection; `grpc://` dropped)."""
+    values = value if isinstance(value, list | set | tuple) else [value]
+    return sorted(str(v).split("://")[-1] for v in values if v)
 
 
 def _unreachable(error: InternalNetworkError, deployments_addresses: Any) -> str:
-    tried = getattr(error, "dest_addr", None)
+    tried = _addresses(getattr(error, "dest_addr", None))
     names = deployments_at(deployments_addresses, tried)
     who = ", ".join(names) if names else "an executor of the Flow"
-    where = (
-        f" at {', '.join(sorted(map(str, tried)))}" if isinstance(tried, list | set | tuple) else ""
-    )
+    where = f" at {', '.join(tried)}" if tried else ""
     return (
         f"{who} could not be reached{where}: {error.details()}; `python -m client health` "
         f"checks every executor"

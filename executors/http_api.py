@@ -38,6 +38,7 @@ from client.wire import (
     UPDATE,
     SearchDoc,
     StatusDoc,
+    schema_error,
 )
 from search.access import TOKEN_PARAMETER
 from search.limits import MAX_REQUEST_BYTES, request_error
@@ -261,9 +262,7 @@ def _document(raw: Any, doc_type: type[BaseDoc], endpoint: str, position: int) -
         try:
             return doc_type.model_validate(fields)
         except ValidationError as e:
-            first = e.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or "?"
-            error = f"field {field}: {first['msg']}"
+            error = schema_error(e)
     else:
         error = f"a document must be a JSON object, got {type(raw).__name__}"
     if "error" not in doc_type.model_fields:
