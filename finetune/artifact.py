@@ -11,7 +11,10 @@ a text encoder service never reads the vision weights and vice versa. Imports go
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +32,17 @@ from finetune.models import (
     ensure_registered,
     tokenizer_for,
 )
+from finetune.tower_ids import TEXT_TOWER, TOWER_NAMES, VISION_TOWER  # noqa: F401 - re-exported
 
 RUN_CONFIG = "config.json"
 TOWER_CONFIG = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-TEXT_TOWER = "clip-text"
-VISION_TOWER = "clip-vision"
-TOWER_NAMES = (TEXT_TOWER, VISION_TOWER)
 TOWER_FORMAT_VERSION = 1
+# A tower's identity, in its config.json: see `fingerprint`.
+FINGERPRINT = "fingerprint"
+FINGERPRINT_CHARS = 16
+# The config keys that decide what a tower computes (paths and versions do not).
+_IDENTITY_KEYS = ("tower", "model_name", "model_cfg", "context_length", "preprocess_cfg")
 # Exported beside the weights by `python -m finetune export` (see finetune.onnx_export).
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model.int8.onnx"
@@ -110,18 +116,40 @@ def save_towers(
         }
         with atomic.atomic_path(folder / WEIGHTS_FILE) as tmp:
             save_file(tensors, os.fspath(tmp))
-        atomic.write_json(folder / TOWER_CONFIG, {"tower": name, **common, **extra})
+        config = {"tower": name, **common, **extra}
+        config[FINGERPRINT] = fingerprint(config, tensors)
+        atomic.write_json(folder / TOWER_CONFIG, config)
         paths[name] = folder
     return paths
 
 
 def read_tower_config(folder: str | os.PathLike, tower: str) -> dict[str, Any]:
-    """A tower folder's config.json, checked to be the asked tower."""
+    """A tower folder's config.json, checked to be the asked tower, with its `fingerprint`
+    (computed from the weights file for folders written before fingerprints were recorded)."""
     config = atomic.read_json(Path(folder) / TOWER_CONFIG)
     if config.get("tower") != tower:
         raise ValueError(f"{folder} holds the {config.get('tower')} tower, not {tower}")
     ensure_registered(config["model_name"], config["model_cfg"])
+    if not config.get(FINGERPRINT):
+        config[FINGERPRINT] = fingerprint(config, load_file(os.fspath(Path(folder) / WEIGHTS_FILE)))
     return config
+
+
+def fingerprint(config: Mapping[str, Any], state: Mapping[str, torch.Tensor]) -> str:
+    """What identifies a tower: a hash of what decides its embeddings, its config's identity
+    keys and its weights as the tower computes with them (names, shapes, float32 values, as
+    `read_tower_state` loads them), `FINGERPRINT_CHARS` hex digits. Equal towers embed into
+    the same space; the ONNX and int8 graphs exported from a tower folder read its config, so
+    they carry its fingerprint."""
+    digest = hashlib.sha256()
+    identity = {key: config[key] for key in _IDENTITY_KEYS if config.get(key) is not None}
+    digest.update(json.dumps(identity, sort_keys=True).encode("utf-8"))
+    for name in sorted(state):
+        tensor = state[name].detach().cpu()
+        tensor = (tensor.float() if tensor.is_floating_point() else tensor).contiguous()
+        digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:FINGERPRINT_CHARS]
 
 
 def read_tower_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:

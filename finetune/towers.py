@@ -20,17 +20,20 @@ from PIL import Image
 from torch import nn
 
 from finetune.artifact import (
+    FINGERPRINT,
     RUNTIMES,
     TEXT_TOWER,
     TOWER_CONFIG,
     TOWER_NAMES,
     VISION_TOWER,
     context_length,
+    fingerprint,
     is_run_dir,
     is_tower_dir,
     load_model,
     read_tower_config,
     read_tower_state,
+    split_state_dict,
 )
 from finetune.models import CLIPBundle, image_transform, pixel_batch, tokenizer_for
 from finetune.onnx_runtime import load_onnx_tower
@@ -151,9 +154,15 @@ def tower_from_bundle(bundle: CLIPBundle, tower: str) -> TextTower | VisionTower
         "tower": tower,
         "model_name": bundle.model_name,
         "model_cfg": bundle.model_cfg,
-        "preprocess_cfg": bundle.preprocess_cfg,
-        "context_length": context_length(bundle.model_cfg),
+        # the keys `save_towers` writes, so that a saved copy has this tower's fingerprint
+        **(
+            {"preprocess_cfg": bundle.preprocess_cfg}
+            if tower == VISION_TOWER
+            else {"context_length": context_length(bundle.model_cfg)}
+        ),
     }
+    text_state, vision_state = split_state_dict(model)
+    config[FINGERPRINT] = fingerprint(config, vision_state if tower == VISION_TOWER else text_state)
     if tower == VISION_TOWER:
         return VisionTower(model.visual, embed_dim, config)
     return TextTower(_FullModelText(model), embed_dim, config, bundle.tokenizer)
