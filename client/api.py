@@ -106,6 +106,21 @@ class Outcome:
 
 
 @dataclass
+class Stored:
+    """A stored document as `SearchClient.get` returns it (`error` set for an unknown id).
+    `embedded_by`: the tower that made its embedding (`clip-vision:FINGERPRINT`), None for
+    an embedding given by whoever indexed it."""
+
+    id: str
+    text: str | None = None
+    uri: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    embedded_by: str | None = None
+    embedding: list[float] | None = None  # with get(..., embeddings=True)
+    error: str | None = None
+
+
+@dataclass
 class IndexItem:
     """One image to index: its stable id, file, caption (if any) and tags to filter on."""
 
@@ -257,6 +272,47 @@ class SearchClient:
             if m["id"] != like
         ]
         return hits[:limit]
+
+    def get(self, ids: Iterable[str], embeddings: bool = False) -> list[Stored]:
+        """The stored fields of each id, in order; an unknown id comes back with its error.
+        `embeddings`: include each stored (normalised) embedding."""
+        stored = []
+        for batch in batched(({"id": str(i)} for i in ids), MAX_DOCS):
+            for doc in self.post(GET, batch):
+                vector = doc.get("embedding") if embeddings else None
+                stored.append(
+                    Stored(
+                        id=doc.get("id") or "",
+                        text=doc.get("text"),
+                        uri=doc.get("uri"),
+                        tags=doc.get("tags") or {},
+                        embedded_by=doc.get("embedded_by"),
+                        embedding=None if vector is None else np.asarray(vector).tolist(),
+                        error=doc.get("error"),
+                    )
+                )
+        return stored
+
+    def update(
+        self, changes: Iterable[dict[str, Any]], replace_tags: bool = False
+    ) -> list[Outcome]:
+        """Change what each dict names of the stored document with its `id`, and nothing else:
+
+        - `tags`: merged into the stored tags; a key set to None removes it (with
+          `replace_tags`, they replace the stored tags whole);
+        - `text`: the new caption (an image keeps its image embedding) or, for a text
+          document, its new text (embedded again);
+        - `image` (a file path or bytes): a new image, embedded again;
+        - `uri`, `embedding`: replaced.
+
+        One outcome per dict, in order (`unknown id` when nothing has that id)."""
+        docs = [_update_doc(change) for change in changes]
+        parameters = {"replace_tags": True} if replace_tags else None
+        return [
+            _outcome(d)
+            for batch in _request_batches(docs, MAX_DOCS)
+            for d in self.post(UPDATE, batch, parameters)
+        ]
 
     def delete(self, ids: Iterable[str]) -> list[Outcome]:
         """Delete documents by id; unknown ids come back with error `unknown id`."""
@@ -461,13 +517,25 @@ def _too_big(path: str, size: int) -> str:
     )
 
 
+def _update_doc(change: dict[str, Any]) -> dict[str, Any]:
+    """One change of `SearchClient.update` as a wire document: `image` read into `blob`."""
+    if not change.get("id"):
+        raise ValueError(f"an update needs the id of the document to change, got {change!r}")
+    doc = {k: v for k, v in change.items() if k != "image"}
+    image = change.get("image")
+    if image is not None:
+        doc["blob"] = image if isinstance(image, bytes) else Path(image).read_bytes()
+        doc.setdefault("uri", None if isinstance(image, bytes) else os.fspath(image))
+    return doc
+
+
 def _outcome(doc: dict[str, Any]) -> Outcome:
     return Outcome(doc.get("id") or "", doc.get("error"))
 
 
 def _doc_dict(doc: Any) -> dict[str, Any]:
     out = {"id": doc.id}
-    for name in ("text", "uri", "error", "tags", "info", "embedding"):
+    for name in ("text", "uri", "error", "tags", "info", "embedding", "embedded_by"):
         if getattr(doc, name, None) is not None:
             out[name] = getattr(doc, name)
     if hasattr(doc, "matches"):

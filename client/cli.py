@@ -4,6 +4,8 @@
     python -m client index data/pairs.csv               # or any data file the trainer reads
     python -m client search "a red dress" --limit 5
     python -m client search --image query.jpg
+    python -m client get cats/1.jpg                     # stored fields of ids
+    python -m client update cats/1.jpg --text "a grey cat" --tag colour=grey --untag season
     python -m client delete cats/1.jpg dogs/7.png
     python -m client status
     python -m client health                             # exit 0 when every executor answers
@@ -22,6 +24,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 
 from tqdm import tqdm
 
@@ -45,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token",
         default=None,
-        help="token of the service's write endpoints (index, delete; its API_TOKEN); "
+        help="token of the service's write endpoints (index, update, delete; its API_TOKEN); "
         "default: $SEARCH_TOKEN",
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +62,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="?", help="query text")
     p.add_argument("--image", help="query image file")
     p.add_argument("--limit", type=int, default=10, help="number of results")
+
+    p = sub.add_parser(
+        "get",
+        help="show the stored fields of documents",
+        description="Print each id's stored text, uri, tags and the tower that embedded it, "
+        "as one JSON object per line.",
+        epilog="example: python -m client get cats/1.jpg dogs/7.png --embeddings",
+    )
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument("--embeddings", action="store_true", help="include the stored embeddings")
+
+    p = sub.add_parser(
+        "update",
+        help="change a document's caption, tags or image; the rest stays as stored",
+        description="Change only what is named: tags are merged into the stored ones (--untag "
+        "removes one, --replace-tags replaces them all); --text on an image is its new "
+        "caption (the image embedding stays), on a text document its new text (embedded "
+        "again); --image is a new image (embedded again).",
+        epilog='example: python -m client update 39816 --text "Nike Men Red T-shirt" '
+        "--tag colour=Red --tag price=59.9 --untag season",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--text", help="new caption or text")
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a tag (repeatable); VALUE is read as JSON when it is a number, true, false "
+        'or null, or a quoted string ("59"; null removes the tag, like --untag); otherwise as text',
+    )
+    p.add_argument("--untag", action="append", default=[], metavar="KEY", help="remove a tag")
+    p.add_argument("--replace-tags", action="store_true", help="the given tags replace all")
+    p.add_argument("--image", help="a new image file for the document")
 
     p = sub.add_parser("delete", help="delete documents by id")
     p.add_argument("ids", nargs="+", metavar="ID")
@@ -136,6 +173,49 @@ def cmd_search(client: SearchClient, args: argparse.Namespace, parser) -> int:
     return 0
 
 
+def cmd_get(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    found = client.get(args.ids, embeddings=args.embeddings)
+    for doc in found:
+        if doc.error is None:
+            fields = {k: v for k, v in asdict(doc).items() if v is not None and k != "error"}
+            print(json.dumps(fields, ensure_ascii=False))
+    failed = [Outcome(d.id, d.error) for d in found if d.error]
+    _print_failures(failed)
+    return 1 if failed else 0
+
+
+def cmd_update(client: SearchClient, args: argparse.Namespace, parser) -> int:
+    tags = dict(_tag(parser, item) for item in args.tag)
+    if args.replace_tags and args.untag:
+        parser.error("--untag has no meaning with --replace-tags (the given tags are all kept)")
+    tags.update({key: None for key in args.untag})
+    change: dict = {"id": args.id, "tags": tags}
+    if args.text is not None:
+        change["text"] = args.text
+    if args.image is not None:
+        change["image"] = args.image
+    if not (tags or args.replace_tags or "text" in change or "image" in change):
+        parser.error("nothing to change: give --text, --tag, --untag, --replace-tags or --image")
+    [outcome] = client.update([change], replace_tags=args.replace_tags)
+    if outcome.error:
+        _print_failures([outcome])
+        return 1
+    print(f"updated {outcome.id}")
+    return 0
+
+
+def _tag(parser: argparse.ArgumentParser, item: str) -> tuple[str, object]:
+    """`KEY=VALUE` as a tag: numbers, true, false, null and quoted strings as JSON, else text."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        parser.error(f"--tag takes KEY=VALUE, got {item!r}")
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return key, value
+    return key, parsed if isinstance(parsed, str | int | float | bool) or parsed is None else value
+
+
 def cmd_delete(client: SearchClient, args: argparse.Namespace, parser) -> int:
     outcomes = client.delete(args.ids)
     deleted = [o.id for o in outcomes if not o.error]
@@ -180,6 +260,8 @@ def _print_failures(failed: list[Outcome]) -> None:
 COMMANDS = {
     "index": cmd_index,
     "search": cmd_search,
+    "get": cmd_get,
+    "update": cmd_update,
     "delete": cmd_delete,
     "status": cmd_status,
     "health": cmd_health,

@@ -47,6 +47,11 @@ class SearchDoc(BaseDoc):
     embedding: NdArray | None = None
     tags: dict[str, Any] = {}
     thumbnail: bytes | None = None  # JPEG, from the image encoder to the indexer
+    # Which tower made `embedding` (`clip-text:FINGERPRINT`, `clip-vision:…`): set by the
+    # encoders, checked by the index against the towers that embedded it; None for an
+    # embedding the caller gave. `towers`: the encoders a document to store passed.
+    embedded_by: str | None = None
+    towers: dict[str, str] = {}
     # A factory, not a default instance: pydantic deep-copies a mutable default for every new
     # document, and a DocList copies by pickling. The schema keeps `"default": []`: jina's
     # gateway rebuilds the model from it, and without a default there the HTTP endpoint would

@@ -23,6 +23,8 @@ def to_core(docs: DocList[SearchDoc]) -> list[Document]:
             embedding=None if d.embedding is None else np.asarray(d.embedding),
             tags=dict(d.tags or {}),
             thumbnail=d.thumbnail,
+            embedded_by=d.embedded_by,
+            towers=dict(d.towers or {}),
             error=d.error,
             matches=[
                 Match(m.id, m.score, m.uri, m.text, dict(m.tags or {}), m.thumbnail)
@@ -45,6 +47,8 @@ def to_wire(docs: list[Document]) -> DocList[SearchDoc]:
                 embedding=d.embedding,
                 tags=d.tags,
                 thumbnail=d.thumbnail,
+                embedded_by=d.embedded_by,
+                towers=d.towers,
                 error=d.error,
                 matches=DocList[WireMatch]([wire_match(m) for m in d.matches]),
             )

@@ -81,7 +81,11 @@ class _EncoderExecutor(Executor):
 
     @requests(on=HEALTH)
     def health(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
-        return health.answer(docs, self.runtime_args)
+        """This encoder's report names its tower and fingerprint, for the index to check."""
+        encoder = self.encoder
+        return health.answer(
+            docs, self.runtime_args, tower=encoder.kind, fingerprint=encoder.fingerprint
+        )
 
 
 class CLIPTextEncoder(_EncoderExecutor):

@@ -33,6 +33,11 @@ FLOW_SETTINGS: dict[str, tuple[str, str]] = {
         "token /index, /update and /delete require (HTTP: Authorization: Bearer; gRPC: "
         "parameters.token); empty: open",
     ),
+    "COMPATIBLE_TOWERS": (
+        "",
+        "tower ids (clip-text:FINGERPRINT, ...) the index accepts beside the towers that "
+        "embedded it; none: only those",
+    ),
     "EXECUTOR_HOST": (
         "127.0.0.1",
         "address the executors and shard heads listen on (internal ports); 0.0.0.0 only where "

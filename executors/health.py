@@ -24,18 +24,33 @@ class ShardsMissing(RuntimeError):
     """Raised by a sharded index's merger when shards did not answer `/health`."""
 
 
-def report(runtime_args: Any) -> StatusDoc:
+class TowersMismatch(RuntimeError):
+    """Raised by an index whose encoders run other towers than those that embedded it."""
+
+
+def report(runtime_args: Any, **info: Any) -> StatusDoc:
     """This executor's line of a `/health` answer: its runtime name (deployment, shard and
-    replica, as jina names it) and, when sharded, its shard."""
+    replica, as jina names it), when sharded its shard, and `info` (an encoder's tower and
+    fingerprint)."""
     shards = int(getattr(runtime_args, "shards", None) or 1)
     shard = int(getattr(runtime_args, "shard_id", None) or 0) if shards > 1 else None
-    return StatusDoc(info={"executor": str(getattr(runtime_args, "name", "")), "shard": shard})
+    name = str(getattr(runtime_args, "name", ""))
+    return StatusDoc(info={"executor": name, "shard": shard, **info})
 
 
-def answer(docs: DocList[StatusDoc], runtime_args: Any) -> DocList[StatusDoc]:
+def answer(docs: DocList[StatusDoc], runtime_args: Any, **info: Any) -> DocList[StatusDoc]:
     """The reports of the executors before this one, and this one's."""
-    docs.append(report(runtime_args))
+    docs.append(report(runtime_args, **info))
     return docs
+
+
+def serving_towers(docs: DocList[StatusDoc]) -> dict[str, str]:
+    """{tower: fingerprint} of the encoders whose reports are in `docs`."""
+    return {
+        d.info["tower"]: d.info["fingerprint"]
+        for d in docs
+        if isinstance(d.info.get("tower"), str) and isinstance(d.info.get("fingerprint"), str)
+    }
 
 
 def merge(

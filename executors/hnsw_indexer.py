@@ -19,6 +19,7 @@ to learn each endpoint's schemas.
 """
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from docarray import DocList
@@ -43,7 +44,7 @@ from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from executors.metrics import ServiceMetrics
 from search.documents import Document
 from search.hnsw_store import HNSWStore
-from search.index import DEFAULT_MAX_LIMIT, IMAGE, TEXT, Index, search_limit
+from search.index import DEFAULT_MAX_LIMIT, IMAGE, REPLACE_TAGS, TEXT, Index, search_limit
 from search.sharding import (
     UNKNOWN_ID,
     merge_matches,
@@ -54,6 +55,7 @@ from search.sharding import (
     per_document,
     reports_outcome,
 )
+from search.towers import describe, parse_compatible
 
 # What a search, or an id not found, would be without the shards that did not answer.
 PARTIAL_RESULTS = "results would be partial"
@@ -73,13 +75,19 @@ class HNSWIndexer(Executor):
         initial_capacity: int = 1024,
         snapshot_every: int = 20_000,
         token: str | None = None,
+        compatible_towers: str | list[str] | None = None,
         **kwargs: Any,
     ) -> None:
         """`max_limit` caps the `limit` parameter of the searches; `token` (API_TOKEN in the
         Flow YAMLs; empty: none) is what `/index`, `/update` and `/delete` require as
-        `parameters["token"]`; the other arguments are `HNSWStore`'s."""
+        `parameters["token"]`; `compatible_towers` (COMPATIBLE_TOWERS) the tower ids accepted
+        beside those that embedded the index (`search.towers`); the other arguments are
+        `HNSWStore`'s."""
         super().__init__(**kwargs)
         self.token = str(setting(token, FLOW_ENV_DEFAULTS["API_TOKEN"]))
+        compatible = parse_compatible(
+            setting(compatible_towers, FLOW_ENV_DEFAULTS["COMPATIBLE_TOWERS"])
+        )
         store = HNSWStore(
             self.workspace,
             dim=dim,
@@ -91,7 +99,15 @@ class HNSWIndexer(Executor):
         )
         shard_id = int(getattr(self.runtime_args, "shard_id", None) or 0)
         shards = int(getattr(self.runtime_args, "shards", None) or 1)
-        self.index_ = Index(store, shard_id=shard_id, shards=shards, max_limit=max_limit)
+        self.index_ = Index(
+            store,
+            shard_id=shard_id,
+            shards=shards,
+            max_limit=max_limit,
+            compatible_towers=compatible,
+        )
+        if self.index_.towers:
+            self.logger.info(f"index embedded by {describe(self.index_.towers)}")
         self.metrics = ServiceMetrics(
             self.runtime_args, lambda doc_id: reports_outcome(doc_id, shard_id, shards)
         )
@@ -135,7 +151,9 @@ class HNSWIndexer(Executor):
     ) -> DocList[SearchDoc]:
         if refused_without_token(docs, self.token, parameters, UPDATE, self.metrics):
             return docs
-        return to_wire(self._stored(UPDATE, self.index_.update, to_core(docs)))
+        replace_tags = (parameters or {}).get(REPLACE_TAGS, False)
+        update = partial(self.index_.update, replace_tags=replace_tags)
+        return to_wire(self._stored(UPDATE, update, to_core(docs)))
 
     @requests(on=GET)
     def get(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
@@ -148,7 +166,13 @@ class HNSWIndexer(Executor):
 
     @requests(on=HEALTH)
     def health(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
-        return health.answer(docs, self.runtime_args)
+        """Fails, naming both sides, when the encoders before it run other towers than those
+        that embedded the index."""
+        mismatch = self.index_.towers_error(health.serving_towers(docs))
+        if mismatch:
+            self.logger.error(mismatch)
+            raise health.TowersMismatch(mismatch)
+        return health.answer(docs, self.runtime_args, towers=self.index_.towers)
 
     def _stored(
         self, endpoint: str, store: Callable[[list[Document]], list[Document]], docs: list[Document]

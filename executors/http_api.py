@@ -49,7 +49,7 @@ ENDPOINTS: dict[str, tuple[type[BaseDoc], str]] = {
     SEARCH_TEXT: (SearchDoc, "Text queries (or embeddings): parameters limit, ef, filter"),
     SEARCH_IMAGE: (SearchDoc, "Image queries (blob as a data: URI): parameters as /search"),
     GET: (SearchDoc, "Stored fields and embedding of ids"),
-    UPDATE: (SearchDoc, "Change stored fields of ids (content is embedded again)"),
+    UPDATE: (SearchDoc, "Change what each document names of its id (tags merged); the rest stays"),
     DELETE: (SearchDoc, "Delete ids (documents, or parameters.ids)"),
     STATUS: (StatusDoc, "The index's counts, parameters and tags"),
     HEALTH: (StatusDoc, "Every executor and shard answers: 200 when all did"),
@@ -57,7 +57,7 @@ ENDPOINTS: dict[str, tuple[type[BaseDoc], str]] = {
 # Bytes never sent back as JSON: images travel in, and thumbnails out as data: URIs in matches.
 _BINARY_FIELDS = {"blob", "thumbnail", "tensor"}
 # jina's names for the failures a request can meet in the Flow -> the HTTP status that says it.
-_STATUS_OF_EXCEPTION = {"ShardsMissing": 503}
+_STATUS_OF_EXCEPTION = {"ShardsMissing": 503, "TowersMismatch": 503}
 
 
 class Refused(Exception):

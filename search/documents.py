@@ -4,7 +4,8 @@ A `Document` carries an image (`blob` bytes, an HxWxC uint8 `tensor`, or a `uri`
 `text`, or a ready `embedding`, plus an `id`, stored `tags` (and, for an image being indexed,
 its `thumbnail`), and after processing either an
 `error` (why this document could not be handled; its neighbours are unaffected) or, for a
-query, `matches`.
+query, `matches`. An encoder that embeds a document sets `embedded_by` (which tower made the
+embedding, `search.towers`) and, on documents to be stored, adds its tower to `towers`.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Document:
     embedding: np.ndarray | None = None
     tags: dict[str, Any] = field(default_factory=dict)
     thumbnail: bytes | None = None  # JPEG, made by the image encoder while indexing
+    embedded_by: str | None = None  # `clip-text:FINGERPRINT` or `clip-vision:…`; None: given
+    towers: dict[str, str] = field(default_factory=dict)  # tower name -> fingerprint
     error: str | None = None
     matches: list[Match] = field(default_factory=list)
 

@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
-from finetune.artifact import TEXT_TOWER, VISION_TOWER
+from finetune.artifact import FINGERPRINT, TEXT_TOWER, VISION_TOWER
 from finetune.batching import batched
 from finetune.images import MAX_IMAGE_PIXELS
 from finetune.models import resolve_device
+from finetune.tower_ids import tower_id
 from finetune.towers import load_tower
 from search.documents import Document
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, PixelBudget, check_resize_cost
@@ -88,6 +89,9 @@ class TowerEncoder:
         self.tower = load_tower(self.tower_source, self.kind, self.device, runtime=runtime)
         if runtime == "torch":
             self.tower.module.to(resolve_dtype(self.device, dtype))
+        # the same for every runtime and precision of one tower's weights (`search.towers`)
+        self.fingerprint: str = self.tower.config[FINGERPRINT]
+        self.tower_id = tower_id(self.kind, self.fingerprint)
         if minibatch_size < 1:
             raise ValueError(f"minibatch_size must be >= 1, got {minibatch_size}")
         self.minibatch_size = int(minibatch_size)
@@ -97,7 +101,9 @@ class TowerEncoder:
         returns how many of them failed. With `indexing` the documents are to be stored
         (not queries): an image encoder also sets each image document's `thumbnail`, and the
         limits on stored fields apply. The limits of `search.limits` are checked before any
-        work: a request over `MAX_DOCS_PER_REQUEST` documents is refused whole."""
+        work: a request over `MAX_DOCS_PER_REQUEST` documents is refused whole. Each embedding
+        made here is marked `embedded_by` this tower, and each document to be stored carries
+        this tower's fingerprint in `towers`."""
         if refuse_oversized(docs):
             return len(docs)
         refused = 0
@@ -105,6 +111,8 @@ class TowerEncoder:
             if doc.error is None:
                 doc.error = document_error(doc, stored=indexing)
                 refused += doc.error is not None
+            if indexing and doc.error is None:
+                doc.towers[self.kind] = self.fingerprint
         todo = [d for d in docs if d.error is None and d.embedding is None and self.accepts(d)]
         budget = self.request_budget()
         with torch.inference_mode():
@@ -147,6 +155,7 @@ class TowerEncoder:
             return
         for doc, vector in zip(docs, vectors, strict=True):
             doc.embedding = vector
+            doc.embedded_by = self.tower_id
 
     # --- what a subclass decides ---------------------------------------------------------
 

@@ -44,7 +44,7 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -59,8 +59,11 @@ log = logging.getLogger(__name__)
 DB_FILE = "store.sqlite"
 LOCK_FILE = "lock"
 SNAPSHOT_META = "snapshot.json"
-_FORMAT = 1  # version of the tables' layout, checked on open
+_FORMAT = 2  # version of the tables' layout, checked on open (1 is migrated, see `_migrate`)
+# `embedded_by` of the rows a format-1 store held: what made their embedding was not recorded.
+UNRECORDED = "unrecorded"
 _ADD_CHUNK = 10_000  # rows per hnswlib.add_items call while rebuilding or catching up
+_USER_META = "user."  # prefix of the callers' keys in the meta table (`get_meta`)
 _NO_TAGS = "{}"  # one shared string for the common case, in the in-memory field table
 # The cost model that picks a filtered search's path (`_plan`), in seconds at dim 512 and ef 64
 # on a 2-core machine (measured with benchmarks/bench_filter.py); only their ratios matter.
@@ -79,7 +82,8 @@ CREATE TABLE IF NOT EXISTS items (
     seq INTEGER NOT NULL,
     uri TEXT,
     text TEXT,
-    tags TEXT NOT NULL DEFAULT '{}'
+    tags TEXT NOT NULL DEFAULT '{}',
+    embedded_by TEXT
 );
 CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
 CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
@@ -100,13 +104,15 @@ class Hit(NamedTuple):
 
 
 class Record(NamedTuple):
-    """A stored item as returned by `HNSWStore.get` (``embedding`` is the normalised vector)."""
+    """A stored item as returned by `HNSWStore.get` (``embedding`` is the normalised vector;
+    ``embedded_by`` what the writer said made it, None when it said nothing)."""
 
     id: str
     embedding: np.ndarray
     uri: str | None
     text: str | None
     tags: dict[str, Any]
+    embedded_by: str | None = None
 
 
 class _Row(NamedTuple):
@@ -118,6 +124,7 @@ class _Row(NamedTuple):
     uri: str | None
     text: str | None
     tags_json: str
+    embedded_by: str | None = None
 
 
 def check_vector(vec: Any, dim: int | None) -> tuple[np.ndarray | None, str | None]:
@@ -229,19 +236,23 @@ class HNSWStore:
         uri: Sequence[str | None] | None = None,
         text: Sequence[str | None] | None = None,
         tags: Sequence[dict[str, Any] | None] | None = None,
+        embedded_by: Sequence[str | None] | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> list[str | None]:
         """Insert or replace items; returns per item None (stored) or an error message.
 
         Bad items (bad id, wrong dimension, NaN/inf, zero vector, bad tags, an id repeated later
-        in the same call) get an error; the others are stored together in one transaction.
+        in the same call) get an error; the others are stored together in one transaction,
+        with ``meta`` (see `get_meta`) when at least one item is stored.
         """
         n = len(ids)
         embeddings = _column(embeddings, n, "embeddings")
         uri, text, tags = _column(uri, n, "uri"), _column(text, n, "text"), _column(tags, n, "tags")
+        embedded_by = _column(embedded_by, n, "embedded_by")
         errors = _duplicate_errors(ids)
         with self._lock:
             self._check_open()
-            valid: dict[str, tuple[np.ndarray, str | None, str | None, str]] = {}
+            valid: dict[str, tuple[np.ndarray, str | None, str | None, str, str | None]] = {}
             for i, doc_id in enumerate(ids):
                 if errors[i] is None:
                     vec, tags_json, errors[i] = self._validate(doc_id, embeddings[i], tags[i])
@@ -251,13 +262,14 @@ class HNSWStore:
                             _optional_str(uri[i]),
                             _optional_str(text[i]),
                             tags_json,
+                            _optional_str(embedded_by[i]),
                         )
             labels = self._labels_of(list(valid))
             rows = [
                 _Row(doc_id, labels[doc_id] if doc_id in labels else self._take_label(), *fields)
                 for doc_id, fields in valid.items()
             ]
-            self._write(rows, reindex=rows, existing=set(labels.values()))
+            self._write(rows, reindex=rows, existing=set(labels.values()), meta=meta)
         return errors
 
     def update(
@@ -267,15 +279,20 @@ class HNSWStore:
         uri: Sequence[str | None] | None = None,
         text: Sequence[str | None] | None = None,
         tags: Sequence[dict[str, Any] | None] | None = None,
+        embedded_by: Sequence[str | None] | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> list[str | None]:
         """Change stored fields of existing ids; returns per item None or an error message.
 
-        A None argument (or None item) leaves that field unchanged; unknown ids, bad embeddings
-        or tags and earlier duplicates get an error, the other items are still updated.
+        A None argument (or None item) leaves that field unchanged (``embedded_by`` changes
+        with the embedding: the item's when one is given, else it stays); ``tags`` replace the
+        stored ones whole. Unknown ids, bad embeddings or tags and earlier duplicates get an
+        error, the other items are still updated, with ``meta`` in the same transaction.
         """
         n = len(ids)
         embeddings = _column(embeddings, n, "embeddings")
         uri, text, tags = _column(uri, n, "uri"), _column(text, n, "text"), _column(tags, n, "tags")
+        embedded_by = _column(embedded_by, n, "embedded_by")
         errors = _duplicate_errors(ids)
         with self._lock:
             self._check_open()
@@ -296,11 +313,22 @@ class HNSWStore:
                 if errors[i] is None:
                     new_uri = old.uri if uri[i] is None else str(uri[i])
                     new_text = old.text if text[i] is None else str(text[i])
-                    rows.append(_Row(doc_id, label, vec, new_uri, new_text, tags_json))
+                    source = old.embedded_by
+                    if embeddings[i] is not None:
+                        source = _optional_str(embedded_by[i])
+                    rows.append(_Row(doc_id, label, vec, new_uri, new_text, tags_json, source))
                     if embeddings[i] is not None:
                         reindex.append(rows[-1])
-            self._write(rows, reindex=reindex, existing={label for label, _ in current.values()})
+            existing = {label for label, _ in current.values()}
+            self._write(rows, reindex=reindex, existing=existing, meta=meta)
         return errors
+
+    def get_meta(self, key: str) -> str | None:
+        """A value written with a batch's ``meta`` (None when never written): what the
+        caller records about the whole store, committed with the rows it concerns."""
+        with self._lock:
+            self._check_open()
+            return self._meta(f"{_USER_META}{key}")
 
     def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Delete ids; returns ``(deleted, unknown)``, each id once, in request order."""
@@ -463,14 +491,28 @@ class HNSWStore:
     def _init_meta(self, dim: int | None) -> int | None:
         """Check, or record for a new store, the format version and the dimension."""
         stored_format, stored_dim = self._meta("format"), self._meta("dim")
-        if stored_format is not None and int(stored_format) != _FORMAT:
-            raise ValueError(f"the store at {self.path} has format {stored_format}, not {_FORMAT}")
+        if stored_format is not None and int(stored_format) == 1:
+            self._migrate_from_1()
+        elif stored_format is not None and int(stored_format) != _FORMAT:
+            raise ValueError(
+                f"the store at {self.path} has format {stored_format}, which this version "
+                f"(format {_FORMAT}) cannot read: open it with the version that wrote it"
+            )
         if stored_dim is not None and dim is not None and int(stored_dim) != dim:
             raise ValueError(f"the store at {self.path} has dim {stored_dim}, not {dim}")
         dim = int(stored_dim) if stored_dim is not None else dim
         with _transaction(self._db):
             self._set_meta(format=_FORMAT, dim=dim)
         return dim
+
+    def _migrate_from_1(self) -> None:
+        """Format 1 had no ``embedded_by``: add it, marking the existing rows `UNRECORDED`."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        with _transaction(self._db):
+            if "embedded_by" not in columns:
+                self._db.execute("ALTER TABLE items ADD COLUMN embedded_by TEXT")
+            self._db.execute("UPDATE items SET embedded_by = ?", (UNRECORDED,))
+            self._set_meta(format=_FORMAT)
 
     def _take_label(self) -> int:
         label = self._next_label
@@ -486,13 +528,16 @@ class HNSWStore:
 
     def _fetch(self, ids: list[str]) -> dict[str, tuple[int, Record]]:
         sql = (
-            "SELECT id, label, embedding, uri, text, tags FROM items JOIN vectors USING (label) "
-            "WHERE id IN (SELECT value FROM json_each(?))"
+            "SELECT id, label, embedding, uri, text, tags, embedded_by FROM items "
+            "JOIN vectors USING (label) WHERE id IN (SELECT value FROM json_each(?))"
         )
         rows = self._db.execute(sql, (json.dumps([i for i in ids if isinstance(i, str)]),))
         return {
-            doc_id: (label, Record(doc_id, np.frombuffer(blob, np.float32), u, t, json.loads(g)))
-            for doc_id, label, blob, u, t, g in rows
+            doc_id: (
+                label,
+                Record(doc_id, np.frombuffer(blob, np.float32), u, t, json.loads(g), source),
+            )
+            for doc_id, label, blob, u, t, g, source in rows
         }
 
     def _load_fields(self) -> None:
@@ -527,10 +572,12 @@ class HNSWStore:
         reindex: list[_Row],
         existing: set[int],
         deletes: dict[str, int] | None = None,
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         """Commit one batch to SQLite (the acknowledgement point), then apply it to the graph.
 
-        ``reindex`` are the rows whose vector changed; ``existing`` the labels already live.
+        ``reindex`` are the rows whose vector changed; ``existing`` the labels already live;
+        ``meta`` the caller's values (`get_meta`) committed with the rows.
         """
         deletes = deletes or {}
         if not rows and not deletes:
@@ -538,10 +585,11 @@ class HNSWStore:
         seq = self._seq + 1
         with _transaction(self._db):
             self._db.executemany(
-                "INSERT INTO items(label, id, seq, uri, text, tags) VALUES (?, ?, ?, ?, ?, ?) "
+                "INSERT INTO items(label, id, seq, uri, text, tags, embedded_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(label) DO UPDATE SET seq = excluded.seq, uri = excluded.uri, "
-                "text = excluded.text, tags = excluded.tags",
-                [(r.label, r.id, seq, r.uri, r.text, r.tags_json) for r in rows],
+                "text = excluded.text, tags = excluded.tags, embedded_by = excluded.embedded_by",
+                [(r.label, r.id, seq, r.uri, r.text, r.tags_json, r.embedded_by) for r in rows],
             )
             self._db.executemany(
                 "INSERT OR REPLACE INTO vectors(label, embedding) VALUES (?, ?)",
@@ -558,6 +606,8 @@ class HNSWStore:
                     [(label, seq) for label in deletes.values()],
                 )
             self._set_meta(last_seq=seq, next_label=self._next_label, dim=self._dim)
+            if rows and meta:
+                self._set_meta(**{f"{_USER_META}{k}": v for k, v in meta.items()})
         self._seq = seq
         for r in rows:
             self._set_fields(r.label, _field_entry(r.id, r.uri, r.text, r.tags_json))

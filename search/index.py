@@ -8,30 +8,49 @@ payloads (`blob`, `tensor`, `embedding`).
 
 One `Index` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
 `search.sharding` for how ids are routed.
+
+The index records the towers that embedded it at its first write and refuses embeddings made
+by other towers, per document and per query (`search.towers`). An update changes only what it
+names (`update`): tags are merged, and a new caption on an image leaves its image embedding.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import threading
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from finetune.tower_ids import TEXT_TOWER, VISION_TOWER, tower_kind
 from search.documents import Document, Match, pending, set_errors
 from search.filters import FilterError, parse_filter
-from search.hnsw_store import HNSWStore, check_vector
-from search.limits import MAX_ID_LENGTH, bounded_text, document_error, refuse_oversized
+from search.hnsw_store import UNRECORDED, HNSWStore, Record, check_vector
+from search.limits import (
+    MAX_ID_LENGTH,
+    bounded_text,
+    document_error,
+    refuse_oversized,
+    tags_error,
+)
 from search.sharding import NOT_OWNER, UNKNOWN_ID, content_id, owner_shard
 from search.thumbnails import ThumbnailStore, data_uri
+from search.towers import tower_error as embedding_tower_error
+from search.towers import towers_error, towers_to_record
 
 DEFAULT_LIMIT = 10
 DEFAULT_MAX_LIMIT = 1000
 NO_CONTENT_ERROR = "document has neither text nor image"
 NO_EMBEDDING = "no embedding to search with"
 MISSING_ID = "missing id"
+# The store's meta key of the towers that embedded the index ({tower name: fingerprint}).
+TOWERS_META = "towers"
+# `/update`'s parameter: true replaces the stored tags whole instead of merging into them.
+REPLACE_TAGS = "replace_tags"
 TEXT, IMAGE = "text", "image"
 # Why a query of the other modality reached a search: where it should have gone instead.
 WRONG_MODALITY = {
@@ -50,14 +69,31 @@ class Index:
         shards: int = 1,
         max_limit: int = DEFAULT_MAX_LIMIT,
         thumbnails: ThumbnailStore | None = None,
+        compatible_towers: Iterable[str] = (),
     ) -> None:
-        """`thumbnails`: where image thumbnails are kept (default: beside the store)."""
+        """`thumbnails`: where image thumbnails are kept (default: beside the store);
+        `compatible_towers`: tower ids accepted beside the index's own (`search.towers`)."""
         if not 0 <= shard_id < shards:
             raise ValueError(f"shard_id must be in 0..{shards - 1}, got {shard_id}")
         self.store = store
         self.thumbnails = thumbnails or ThumbnailStore(store.path)
         self.shard_id, self.shards = int(shard_id), int(shards)
         self.max_limit = int(max_limit)
+        self.compatible_towers = frozenset(compatible_towers)
+        # An update reads a document and writes it back changed: writes take turns, so that
+        # no write lands between the two.
+        self._writing = threading.RLock()
+
+    @property
+    def towers(self) -> dict[str, str]:
+        """The towers that embedded this index ({tower name: fingerprint}), recorded at its
+        first write of a document embedded through the encoders; empty before."""
+        recorded = self.store.get_meta(TOWERS_META)
+        return json.loads(recorded) if recorded else {}
+
+    def towers_error(self, serving: Mapping[str, str]) -> str | None:
+        """Why encoders with the towers `serving` cannot serve this index, or None."""
+        return towers_error(serving, self.towers, self.compatible_towers)
 
     def index(self, docs: list[Document]) -> list[Document]:
         """Store (or replace) every document that has an embedding and whose id this shard
@@ -76,18 +112,21 @@ class Index:
             doc.error = id_error(doc.id) or document_error(doc)
             if doc.error is None:
                 embedded.append(doc)
-        todo = self._owned(embedded)
-        errors = self.store.upsert(
-            [d.id for d in todo],
-            [d.embedding for d in todo],
-            uri=[d.uri for d in todo],
-            text=[d.text for d in todo],
-            tags=[d.tags for d in todo],
-        )
-        set_errors(todo, errors)
-        # each stored document's thumbnail, or none where it has no image now; the request
-        # is acknowledged only after this, so a crash before it loses nothing acknowledged
-        self.thumbnails.put([(d.id, d.thumbnail) for d in pending(todo)])
+        with self._writing:
+            todo = self._owned(self._checked_towers(embedded))
+            errors = self.store.upsert(
+                [d.id for d in todo],
+                [d.embedding for d in todo],
+                uri=[d.uri for d in todo],
+                text=[d.text for d in todo],
+                tags=[d.tags for d in todo],
+                embedded_by=[d.embedded_by for d in todo],
+                meta=self._towers_meta(todo),
+            )
+            set_errors(todo, errors)
+            # each stored document's thumbnail, or none where it has no image now; the request
+            # is acknowledged only after this, so a crash before it loses nothing acknowledged
+            self.thumbnails.put([(d.id, d.thumbnail) for d in pending(todo)])
         return _answer(docs)
 
     def search(
@@ -117,6 +156,10 @@ class Index:
             doc.error = error or ef_error
             if doc.error is None and doc.embedding is None:
                 doc.error = WRONG_MODALITY[modality] if wrong(doc) else _not_embedded(doc)
+            if doc.error is None:
+                doc.error = embedding_tower_error(
+                    doc.embedded_by, self.towers, self.compatible_towers
+                )
             if doc.error is None:
                 vec, doc.error = check_vector(doc.embedding, self.store.dim)
                 if vec is not None:
@@ -148,7 +191,8 @@ class Index:
             if record is None:
                 doc.error = UNKNOWN_ID
             else:
-                doc.embedding, doc.uri, doc.text, doc.tags = record[1:]
+                doc.embedding, doc.uri, doc.text, doc.tags = record[1:5]
+                doc.embedded_by = record.embedded_by
         return docs
 
     def delete(self, docs: list[Document], ids: Iterable[Any] = ()) -> list[Document]:
@@ -170,31 +214,87 @@ class Index:
                 doc.error = UNKNOWN_ID
         return _answer(answer)
 
-    def update(self, docs: list[Document]) -> list[Document]:
-        """Change stored fields of existing ids that this shard owns: `embedding`, `uri` and
-        `text` when set, `tags` when not empty; unknown ids get error `unknown id`."""
+    def update(self, docs: list[Document], replace_tags: Any = False) -> list[Document]:
+        """Change what each document names of an existing id this shard owns, and nothing
+        else; unknown ids get error `unknown id`.
+
+        - `tags` are merged into the stored tags, a key sent as None removing that key;
+          with `replace_tags` true they replace the stored tags whole.
+        - `text` and `uri` replace the stored ones when set.
+        - The embedding changes only when the content that made it changed: a new image (the
+          image encoder re-embedded it), an embedding the caller gave, or new text of a
+          document whose embedding came from its text. New text on an image document is its
+          new caption; its image embedding stays.
+        """
         if refuse_oversized(docs):
             return _answer(docs)
+        bad_flag = not isinstance(replace_tags, bool)
         for doc in self._with_ids(docs):
-            doc.error = document_error(doc)
-        todo = self._owned(pending(docs))
-        errors = self.store.update(
-            [d.id for d in todo],
-            embeddings=[d.embedding for d in todo],
-            uri=[d.uri for d in todo],
-            text=[d.text for d in todo],
-            tags=[d.tags or None for d in todo],
-        )
-        set_errors(todo, errors)
-        self.thumbnails.put([(d.id, d.thumbnail) for d in pending(todo) if d.thumbnail])
+            doc.error = (
+                f"{REPLACE_TAGS} must be true or false, got {replace_tags!r}"
+                if bad_flag
+                else document_error(doc)
+            )
+        with self._writing:
+            todo = self._owned(self._checked_towers(pending(docs)))
+            ready, embeddings, tags = self._changes(todo, replace_tags)
+            errors = self.store.update(
+                [d.id for d in ready],
+                embeddings=embeddings,
+                uri=[d.uri for d in ready],
+                text=[d.text for d in ready],
+                tags=tags,
+                embedded_by=[d.embedded_by for d in ready],
+                meta=self._towers_meta(ready),
+            )
+            set_errors(ready, errors)
+            reembedded = zip(ready, embeddings, strict=True)
+            self.thumbnails.put(
+                [
+                    (d.id, d.thumbnail)
+                    for d, v in reembedded
+                    if v is not None and d.thumbnail and d.error is None
+                ]
+            )
         return _answer(docs)
 
+    def _changes(
+        self, docs: list[Document], replace_tags: bool
+    ) -> tuple[list[Document], list[np.ndarray | None], list[dict[str, Any]]]:
+        """For an update: the documents that can be written, each one's new embedding (None:
+        the stored one stays) and its tags after the merge; the others get their error."""
+        stored = self.store.get([d.id for d in docs])
+        unrecorded = [
+            d.id for d, r in zip(docs, stored, strict=True) if r and r.embedded_by == UNRECORDED
+        ]
+        images = self.thumbnails.get(unrecorded)
+        ready, embeddings, tags = [], [], []
+        for doc, record in zip(docs, stored, strict=True):
+            if record is None:
+                doc.error = UNKNOWN_ID
+                continue
+            merged = merged_tags(record.tags, doc.tags, replace_tags)
+            doc.error = tags_error(merged)
+            if doc.error is None:
+                ready.append(doc)
+                tags.append(merged)
+                reembed = _reembeds(doc, record, doc.id in images)
+                embeddings.append(doc.embedding if reembed else None)
+        return ready, embeddings, tags
+
     def status(self) -> dict[str, Any]:
-        """The store's counts and parameters, and this shard's place; no filesystem paths
-        (callers need not know where the service keeps its data)."""
+        """The store's counts and parameters, the towers that embedded it, and this shard's
+        place; no filesystem paths (callers need not know where the service keeps its data)."""
         info = self.store.status()
         info.pop("path", None)
-        return {**info, **self.thumbnails.stats(), "shard_id": self.shard_id, "shards": self.shards}
+        return {
+            **info,
+            **self.thumbnails.stats(),
+            "towers": self.towers,
+            "compatible_towers": sorted(self.compatible_towers),
+            "shard_id": self.shard_id,
+            "shards": self.shards,
+        }
 
     def close(self) -> None:
         self.thumbnails.close()
@@ -205,6 +305,26 @@ class Index:
         for match in matches:
             if match.id in found:
                 match.thumbnail = data_uri(found[match.id])
+
+    def _checked_towers(self, docs: list[Document]) -> list[Document]:
+        """The documents whose embedding fits the index's towers; the others get the error."""
+        recorded = self.towers
+        for doc in docs:
+            if doc.embedding is not None:
+                doc.error = embedding_tower_error(doc.embedded_by, recorded, self.compatible_towers)
+        return pending(docs)
+
+    def _towers_meta(self, docs: list[Document]) -> dict[str, str] | None:
+        """The towers to record with this write (committed only when a document is stored):
+        those of the encoders the documents passed, for tower names not recorded yet."""
+        seen = [d.towers for d in docs]
+        seen += [
+            {tower_kind(d.embedded_by): d.embedded_by.split(":", 1)[1]}
+            for d in docs
+            if tower_kind(d.embedded_by)
+        ]
+        towers = towers_to_record(self.towers, seen)
+        return None if towers is None else {TOWERS_META: json.dumps(towers, sort_keys=True)}
 
     def _owned(self, docs: Iterable[Document]) -> list[Document]:
         """The documents whose id this shard owns; the others get error `NOT_OWNER`."""
@@ -222,6 +342,36 @@ class Index:
         for doc in pending(docs):
             doc.error = id_error(doc.id) if doc.id else MISSING_ID
         return pending(docs)
+
+
+def merged_tags(
+    stored: dict[str, Any], changes: dict[str, Any] | None, replace: bool = False
+) -> dict[str, Any]:
+    """The tags after an update: `changes` merged into `stored` (a key whose value is None is
+    removed), or `changes` whole with `replace`."""
+    if replace:
+        return dict(changes or {})
+    merged = dict(stored)
+    for key, value in (changes or {}).items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _reembeds(doc: Document, stored: Record, has_thumbnail: bool) -> bool:
+    """Whether an update's embedding replaces the stored one: it came with the document (the
+    caller's), from a new image, or from new text of a document embedded from its text."""
+    if doc.embedding is None:
+        return False
+    kind = tower_kind(doc.embedded_by)
+    if kind != TEXT_TOWER:
+        return True  # an image re-embedded, or an embedding the caller gave
+    stored_kind = tower_kind(stored.embedded_by)
+    if stored.embedded_by == UNRECORDED:  # written before sources were recorded
+        stored_kind = VISION_TOWER if has_thumbnail or stored.uri else TEXT_TOWER
+    return stored_kind == TEXT_TOWER
 
 
 def positive_int(value: Any, name: str) -> tuple[int | None, str | None]:

@@ -41,10 +41,11 @@ class SearchService:
         towers: str | os.PathLike,
         workspace: str | os.PathLike,
         policy: ImagePolicy | None = None,
+        compatible_towers: Iterable[str] = (),
         **encoder_options: Any,
     ) -> SearchService:
         """A service over a run folder's towers (or `NAME[#PRETRAINED]`) and an index stored
-        in `workspace`."""
+        in `workspace` (`compatible_towers`: see `search.towers`)."""
         source = Path(towers)
         text, vision = (
             (source / TEXT_TOWER, source / VISION_TOWER) if is_run_dir(source) else (towers,) * 2
@@ -52,7 +53,7 @@ class SearchService:
         return cls(
             TextEncoder(text, **encoder_options),
             ImageEncoder(vision, policy=policy, **encoder_options),
-            Index(HNSWStore(workspace)),
+            Index(HNSWStore(workspace), compatible_towers=compatible_towers),
         )
 
     # --- the endpoints, per document -----------------------------------------------------
@@ -66,10 +67,11 @@ class SearchService:
         """Stored fields and embedding of each id (error `unknown id` when not stored)."""
         return self.index_.get([Document(id=i) for i in ids])
 
-    def update(self, docs: list[Document]) -> list[Document]:
-        """Change stored fields of existing ids (re-embedding those that carry content)."""
+    def update(self, docs: list[Document], replace_tags: bool = False) -> list[Document]:
+        """Change what each document names of an existing id, and nothing else (`Index.update`:
+        tags merged unless `replace_tags`; a new caption keeps an image's embedding)."""
         self._embed(docs)
-        return self.index_.update(docs)
+        return self.index_.update(docs, replace_tags=replace_tags)
 
     def search_documents(
         self, docs: list[Document], parameters: dict[str, Any] | None = None, modality=TEXT
@@ -84,6 +86,12 @@ class SearchService:
 
     def status(self) -> dict[str, Any]:
         return self.index_.status()
+
+    def towers_error(self) -> str | None:
+        """Why this service's towers cannot serve its index (they are not the towers that
+        embedded it), or None."""
+        encoders = (self.text_encoder, self.image_encoder)
+        return self.index_.towers_error({e.kind: e.fingerprint for e in encoders})
 
     # --- one query -----------------------------------------------------------------------
 

@@ -121,6 +121,8 @@ def merge_status(infos: Sequence[dict[str, Any]]) -> dict[str, Any]:
     info.update({key: sum(i.get(key) or 0 for i in infos) for key in _SUMMED_STATUS})
     info["dim"] = next((i["dim"] for i in infos if i.get("dim")), None)
     info["tags"] = merge_tag_summaries([i.get("tags") or {} for i in infos])
+    # a shard that has stored nothing yet has recorded no towers (each shard's are in `shards`)
+    info["towers"] = {k: v for i in reversed(infos) for k, v in (i.get("towers") or {}).items()}
     info["shards"] = [{k: v for k, v in i.items() if k != "tags"} for i in infos]
     return info
 

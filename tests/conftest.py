@@ -37,3 +37,18 @@ def tiny_run(sample_dir, tmp_path_factory):
         workers=0,
         progress=False,
     )
+
+
+@pytest.fixture(scope="session")
+def png():
+    """`png(colour, size=(40, 32))`: PNG bytes of a plain image of that colour."""
+    import io
+
+    from PIL import Image
+
+    def make(colour: tuple[int, int, int], size: tuple[int, int] = (40, 32)) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", size, colour).save(out, "PNG")
+        return out.getvalue()
+
+    return make

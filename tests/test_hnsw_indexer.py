@@ -251,8 +251,15 @@ def test_update(filled):
     d0 = search(indexer, x[0], limit=1)[0].matches[0]
     assert (d0.id, d0.text, d0.tags) == ("d0", "renamed", {"i": 0})  # tags {} leaves them
     d1 = search(indexer, new[0], limit=1)[0].matches[0]
-    assert (d1.id, d1.text, d1.tags) == ("d1", "t1", {"moved": True})
+    assert (d1.id, d1.text, d1.tags) == ("d1", "t1", {"i": 1, "moved": True})  # merged
     assert search(indexer, x[3], limit=1)[0].matches[0].text == "t3"
+    replaced = indexer.update(
+        docs=docs(SearchDoc(id="d1", tags={"only": 1})), parameters={"replace_tags": True}
+    )
+    assert replaced[0].error is None
+    assert search(indexer, new[0], limit=1)[0].matches[0].tags == {"only": 1}
+    bad_flag = indexer.update(docs=docs(SearchDoc(id="d1")), parameters={"replace_tags": "yes"})
+    assert bad_flag[0].error == "replace_tags must be true or false, got 'yes'"
 
 
 def test_status_and_reopen(tmp_path):
