@@ -5,11 +5,16 @@ tests/restore_attack.py's (also a script that reports it)."""
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 from restore_attack import DOCS, TOKEN, attack_flow, index_docs, searchable, store_files
 
 from demo import BASE_MODEL_DIR
 from demo.served_flow import ServedFlow, flow_env
+from executors.base import RPCRefused
+from executors.hnsw_indexer import MatchMerger
 
 # The runtimes of each Flow, as jina names them in its log; the gateway and a shard head do not
 # serve the two RPCs at all, every executor (the shards' `uses_after` merger too) does.
@@ -52,3 +57,34 @@ def test_no_port_deletes_a_file_through_jinas_restore_rpc(yml, tmp_path, monkeyp
             assert report.snapshot == refused, report.line()
         assert all(p.exists() for p in [*store, victim])
         assert searchable(served, DOCS) == (len(DOCS), [])
+
+
+def test_a_refused_restore_keeps_its_file_and_nothing_else_is_held_back(tmp_path):
+    """What jina's restore thread does (the Executor's `restore` hook, then `os.remove` of the
+    same path in a `finally`), in a thread of its own: both refused, the file kept. Removing
+    files elsewhere in the process goes on."""
+    victim = tmp_path / "victim"
+    victim.write_text("kept")
+    merger = MatchMerger()
+    caught: list[BaseException] = []
+
+    def restore_as_jina_does() -> None:
+        try:
+            try:
+                merger.restore(str(victim))
+            finally:
+                os.remove(victim)
+        except BaseException as e:  # what the thread ended with is the result
+            caught.append(e)
+
+    thread = threading.Thread(target=restore_as_jina_does)
+    thread.start()
+    thread.join(timeout=10)
+    [error] = caught
+    assert isinstance(error, RPCRefused) and "may not remove" in str(error), error
+    assert isinstance(error.__context__, RPCRefused)  # the hook's own refusal, before it
+    assert victim.read_text() == "kept"
+    with pytest.raises(RPCRefused):
+        merger.snapshot(str(tmp_path / "snapshot"))
+    os.remove(victim)  # this thread was never refused
+    assert not victim.exists()
