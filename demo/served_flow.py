@@ -143,13 +143,22 @@ class ServedFlow:
 
     def listening(self) -> list[tuple[str, int]]:
         """(address, port) of every socket the Flow's processes listen on (TCP, from /proc)."""
-        inodes = {
-            target[len("socket:[") : -1]
-            for pid in self.members()
-            for target in open_files(pid)
-            if target.startswith("socket:[")
-        }
+        inodes = {inode for pid in self.members() for inode in socket_inodes(pid)}
         return [addr for inode, addr in listening_sockets().items() if inode in inodes]
+
+    def ports_by_runtime(self) -> dict[str, list[int]]:
+        """The ports each process of the Flow listens on, by its jina runtime name as its log
+        lines name it (`indexer/shard-1/rep-0`, `indexer/head`, `gateway/rep-0`, ...)."""
+        names = {
+            int(pid): name for name, pid in re.findall(r"([\w/.-]+)@(\d+)", self.log_tail(n=10**7))
+        }
+        sockets = listening_sockets()
+        found = {}
+        for pid in self.members():
+            ports = sorted(sockets[inode][1] for inode in socket_inodes(pid) if inode in sockets)
+            if ports:
+                found[names.get(pid, f"pid {pid}")] = ports
+        return found
 
     def log_tail(self, n: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-n:] if self.log.exists() else ""
@@ -192,6 +201,11 @@ def open_files(pid: int) -> list[str]:
         except OSError:
             continue
     return targets
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets a process holds open."""
+    return {t[len("socket:[") : -1] for t in open_files(pid) if t.startswith("socket:[")}
 
 
 def listening_sockets() -> dict[str, tuple[str, int]]:

@@ -16,13 +16,18 @@ post-processes what it wrote (the manual: docs/kubernetes.md):
   each executor expands from its own environment when it starts (see executors/flow_env.py).
 - The gateway and every encoder and shard container get `clip-search health` as readiness
   probe, beside jina's own startup and liveness probes.
-- Settings (executors/flow_env.py) land in the pods' ConfigMaps; pods listen on all interfaces.
+- Settings (executors/flow_env.py) land in the pods' ConfigMaps; pods listen on all interfaces,
+  except the shards' merger (`uses_after`), which its head reaches inside their pod.
+- network-policies.yml: one NetworkPolicy per workload, so that only the gateway reaches the
+  encoders and the shards' head, and only the head reaches the shards (jina's executors serve
+  RPCs that no other pod should call; see executors/base.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import re
 import socket
@@ -52,6 +57,8 @@ WORKSPACE_MOUNT = "/app/workspace"
 # The Dockerfile's `app` user (uid 1000): a fresh volume is root's, fsGroup makes it writable.
 APP_GID = 1000
 NAMESPACE_FILE = "00-namespace.yml"  # first in `kubectl apply -R`'s (lexical) order
+NETWORK_POLICY_FILE = "network-policies.yml"
+KINDS_OF_WORKLOAD = ("Deployment", "StatefulSet")
 
 # Settings the export fixes, with why; the other FLOW_SETTINGS may be given with --set.
 FIXED_SETTINGS: dict[str, str] = {
@@ -165,11 +172,14 @@ def export_manifests(
             for rel in with_volumes
         }
         written = [_write(output / NAMESPACE_FILE, [_namespace(namespace)])]
+        objects = []
         for rel, path in sorted(files.items()):
             docs = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
             for doc in docs:
                 _finish(doc, classes, storage_class)
             written.append(_write(output / rel, docs))
+            objects += docs
+    written.append(_write(output / NETWORK_POLICY_FILE, network_policies(objects, namespace)))
     return written
 
 
@@ -257,7 +267,7 @@ def _jina_export(flow: dict[str, Any], out: Path, namespace: str) -> dict[Path, 
 
 def _finish(doc: dict[str, Any], classes: dict[str, dict[str, str]], storage_class: str | None):
     """Post-process one of jina's objects in place."""
-    if doc.get("kind") not in ("Deployment", "StatefulSet"):
+    if doc.get("kind") not in KINDS_OF_WORKLOAD:
         return
     pod = doc["spec"]["template"]
     labels = pod["metadata"]["labels"]
@@ -267,6 +277,10 @@ def _finish(doc: dict[str, Any], classes: dict[str, dict[str, str]], storage_cla
         for i in range(len(args) - 1):
             if args[i] == "--uses" and args[i + 1] == "config.yml":
                 args[i + 1] = classes[labels["jina_deployment_name"]][container["name"]]
+            # The merger serves jina's restore RPC too, and only its head, in the same pod,
+            # calls it (--uses-after-address 127.0.0.1:8079): no need to listen on the pod's IP.
+            if args[i] == "--host" and container["name"] == "uses-after":
+                args[i + 1] = "127.0.0.1"
         # Not on a shard's head nor its uses_after (MatchMerger): alone, the merger reports
         # shards missing; and a head out of its Service would turn one missing shard into an
         # unreachable index. The gateway's probe covers both.
@@ -290,6 +304,82 @@ def _finish(doc: dict[str, Any], classes: dict[str, dict[str, str]], storage_cla
                 claim["spec"]["storageClassName"] = storage_class
             else:  # jina's default, "standard", does not exist on every cluster
                 claim["spec"].pop("storageClassName", None)
+
+
+def network_policies(objects: Sequence[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """One NetworkPolicy per Deployment or StatefulSet of `objects`, selecting its pods: they
+    accept connections only from the pods that jina routes to them (read from the addresses
+    in the gateway's `--deployments-addresses` and a head's `--connection-list`, on the
+    Service ports those name), the gateway's from anyone, and a monitored container's metrics
+    port from anyone (Prometheus runs wherever the cluster runs it)."""
+    workloads = {d["metadata"]["name"]: d for d in objects if d["kind"] in KINDS_OF_WORKLOAD}
+    services = {d["metadata"]["name"]: d for d in objects if d["kind"] == "Service"}
+    # workload -> the workload allowed to connect (None: anyone) -> its ports
+    allowed: dict[str, dict[str | None, set[int]]] = {name: {} for name in workloads}
+    for name, workload in workloads.items():
+        pod = workload["spec"]["template"]
+        for container in pod["spec"]["containers"]:
+            args = container["args"]
+            if pod["metadata"]["labels"]["pod_type"] == "GATEWAY":
+                ports = {p["containerPort"] for p in container["ports"]}
+                allowed[name].setdefault(None, set()).update(ports)
+            if "--monitoring" in args:
+                port = int(args[args.index("--port-monitoring") + 1])
+                allowed[name].setdefault(None, set()).add(port)
+            for address in _routed_addresses(args):
+                target, port = _service_target(address, services, workloads)
+                allowed[target].setdefault(name, set()).add(port)
+
+    def rule(source: str | None, ports: set[int]) -> dict[str, Any]:
+        peers = {} if source is None else {"from": [{"podSelector": _selector(workloads[source])}]}
+        return {**peers, "ports": [{"protocol": "TCP", "port": port} for port in sorted(ports)]}
+
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": f"{name}-ingress", "namespace": namespace},
+            "spec": {
+                "podSelector": _selector(workloads[name]),
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    rule(source, ports)
+                    for source, ports in sorted(rules.items(), key=lambda r: r[0] or "")
+                ],
+            },
+        }
+        for name, rules in sorted(allowed.items())
+    ]
+
+
+def _selector(workload: dict[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(workload["spec"]["selector"])  # YAML would write shared ones as aliases
+
+
+def _routed_addresses(args: list[str]) -> list[str]:
+    """The addresses a gateway (`--deployments-addresses`) or a head (`--connection-list`)
+    sends requests to."""
+    addresses: list[str] = []
+    for flag in ("--deployments-addresses", "--connection-list"):
+        if flag in args:
+            for value in json.loads(args[args.index(flag) + 1]).values():
+                addresses += value if isinstance(value, list) else [value]
+    return addresses
+
+
+def _service_target(
+    address: str, services: Mapping[str, dict[str, Any]], workloads: Mapping[str, dict[str, Any]]
+) -> tuple[str, int]:
+    """(workload name, container port) behind an address `[grpc://]SERVICE.NAMESPACE.svc:PORT`;
+    ValueError when the export has no such Service port or workload."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    service = services.get(host.split(".")[0], {"spec": {"ports": []}})
+    targets = [p["targetPort"] for p in service["spec"]["ports"] if str(p["port"]) == port]
+    for name, workload in workloads.items():
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        if targets and service["spec"]["selector"].items() <= labels.items():
+            return name, int(targets[0])
+    raise ValueError(f"no Service port and workload in the export for the address {address!r}")
 
 
 def _namespace(name: str) -> dict[str, Any]:

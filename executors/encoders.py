@@ -15,10 +15,11 @@ import uuid
 from typing import Any
 
 from docarray import DocList
-from jina import Executor, requests
+from jina import requests
 
 from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, SearchDoc, StatusDoc
 from executors import health
+from executors.base import ServiceExecutor
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from executors.metrics import ServiceMetrics
@@ -27,7 +28,7 @@ from search.encoders import DEFAULT_MINIBATCH, ImageEncoder, TextEncoder, torch_
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
 
 
-class _EncoderExecutor(Executor):
+class _EncoderExecutor(ServiceExecutor):
     """Settings from the Flow YAML in, the core encoder's work on each request's documents."""
 
     def __init__(self, token: str | None = None, **kwargs: Any) -> None:

@@ -23,7 +23,7 @@ from functools import partial
 from typing import Any
 
 from docarray import DocList
-from jina import Executor, requests
+from jina import requests
 
 from client.wire import (
     DELETE,
@@ -39,6 +39,7 @@ from client.wire import (
     StatusDoc,
 )
 from executors import health
+from executors.base import ServiceExecutor
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from executors.metrics import ServiceMetrics
@@ -62,7 +63,7 @@ PARTIAL_RESULTS = "results would be partial"
 MAYBE_ON_A_MISSING_SHARD = "unknown id on the shards that answered"
 
 
-class HNSWIndexer(Executor):
+class HNSWIndexer(ServiceExecutor):
     """Durable cosine HNSW index of `SearchDoc` embeddings with their `uri`/`text`/`tags`."""
 
     def __init__(
@@ -188,7 +189,7 @@ class HNSWIndexer(Executor):
         super().close()
 
 
-class MatchMerger(Executor):
+class MatchMerger(ServiceExecutor):
     """`uses_after` of a sharded `HNSWIndexer`: one answer per document from all shards.
 
     `shards`: how many answers to expect; by default the Deployment's own `shards` (jina gives

@@ -4,6 +4,7 @@ an indexer shard started with its container's own arguments and environment."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ from demo.served_flow import JINA, free_port
 from deploy.kubernetes import (
     FIXED_SETTINGS,
     NAMESPACE_FILE,
+    NETWORK_POLICY_FILE,
     SECRET_KEY,
     SETTABLE,
     export_manifests,
@@ -58,6 +60,7 @@ MODELS = {
     ("v1", "Service"): "V1Service",
     ("apps/v1", "Deployment"): "V1Deployment",
     ("apps/v1", "StatefulSet"): "V1StatefulSet",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "V1NetworkPolicy",
 }
 SERVICE_MONITOR = ("monitoring.coreos.com/v1", "ServiceMonitor")
 
@@ -303,6 +306,9 @@ def test_settings_reach_the_pods_and_pods_listen_on_all_interfaces(manifests):
         if pod_type(workload) != "GATEWAY":
             assert {k: data[k] for k in SETTINGS} == SETTINGS
         for container in containers(workload):
+            if container["name"] == "uses-after":  # reached by its head in the pod only
+                assert arg(container, "--host") == "127.0.0.1"
+                continue
             # jina leaves out --host at its default: all interfaces
             assert arg(container, "--host") in (None, "0.0.0.0")
     (text,) = containers(manifests.workload("text-encoder"))
@@ -326,6 +332,91 @@ def test_monitoring(monitored):
         workload = monitored.workload(f"indexer-{shard}")
         (claim,) = workload["spec"]["volumeClaimTemplates"]
         assert claim["spec"]["storageClassName"] == "fast-ssd"
+
+
+ANYONE = "anyone"
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, selector  # what the check below reads
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def who_may_connect(found: Manifests) -> dict[str, dict[int, set[str] | str]]:
+    """workload -> port -> the workloads whose pods may connect to its pods there (ANYONE: any
+    source), read from the NetworkPolicies by matching their selectors against every pod."""
+    pods = {
+        w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"]
+        for w in found.workloads()
+    }
+    policies = found.kind("NetworkPolicy")
+    assert {f.name for f, d in found.objects if d["kind"] == "NetworkPolicy"} == {
+        NETWORK_POLICY_FILE
+    }
+    allowed: dict[str, dict[int, set[str] | str]] = {}
+    for name, labels in pods.items():
+        # exactly one policy per pod: none would leave it open, two would add up
+        (policy,) = [p for p in policies if selects(p["spec"]["podSelector"], labels)]
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        ports = allowed.setdefault(name, {})
+        for rule in policy["spec"]["ingress"]:
+            sources: set[str] | str = ANYONE
+            if "from" in rule:
+                # peers of pods in the policy's own namespace only, chosen by their labels
+                assert all(set(peer) == {"podSelector"} for peer in rule["from"]), rule
+                sources = {
+                    pod
+                    for peer in rule["from"]
+                    for pod, pod_labels in pods.items()
+                    if selects(peer["podSelector"], pod_labels)
+                }
+            for port in rule["ports"]:
+                assert port["protocol"] == "TCP" and port["port"] not in ports, policy
+                ports[port["port"]] = sources
+    return allowed
+
+
+@pytest.mark.parametrize("export", ["manifests", "monitored"])
+def test_only_the_gateway_reaches_the_executors_and_only_the_head_the_shards(export, request):
+    """jina's executors serve RPCs no other pod may call (restore removes the file it is named;
+    executors/base.py refuses it): the NetworkPolicies let the gateway reach the encoders and
+    the shards' head, the head its shards, and anyone the gateway's ports; nothing reaches the
+    merger's port, which listens in its pod only."""
+    found: Manifests = request.getfixturevalue(export)
+    gateway = {"gateway"}
+    expected = {
+        "gateway": {8080: ANYONE, 8081: ANYONE},
+        **{dns(e["name"]): {8080: gateway} for e in ENCODERS},
+        "indexer-head": {8080: gateway},
+        **{f"indexer-{i}": {8080: {"indexer-head"}} for i in range(INDEXER["shards"])},
+    }
+    if export == "monitored":  # metrics from wherever Prometheus runs; the indexer has none
+        for name in ("gateway", *(dns(e["name"]) for e in ENCODERS)):
+            expected[name][9090] = ANYONE
+    assert who_may_connect(found) == expected
+    head = found.workload("indexer-head")
+    assert [c["ports"][0]["containerPort"] for c in containers(head)] == [8080, 8079]
+
+
+def test_the_policy_check_fails_on_a_selector_that_takes_in_other_pods(manifests):
+    def policy(found: Manifests, name: str) -> dict[str, Any]:
+        (found_policy,) = [p for p in found.kind("NetworkPolicy") if p["metadata"]["name"] == name]
+        return found_policy
+
+    # a shard's policy selecting its deployment: the head and the other shard too
+    wide = copy.deepcopy(manifests)
+    policy(wide, "indexer-0-ingress")["spec"]["podSelector"]["matchLabels"] = {
+        "jina_deployment_name": "indexer"
+    }
+    with pytest.raises(ValueError):
+        who_may_connect(wide)
+    # the head's peer chosen by namespace label: every pod of the namespace may connect
+    wide = copy.deepcopy(manifests)
+    [rule] = policy(wide, "indexer-head-ingress")["spec"]["ingress"]
+    rule["from"][0]["podSelector"]["matchLabels"] = {"ns": NAMESPACE}
+    assert who_may_connect(wide)["indexer-head"][8080] == {
+        w["metadata"]["name"] for w in manifests.workloads()
+    }
 
 
 # ------------------------------------------------------------------- checks and errors
