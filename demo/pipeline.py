@@ -1,7 +1,7 @@
 """The offline demo: zero-shot vs fine-tuned on the project's own sample domain, then search.
 
 The recipes below are the whole configuration of `make base-model` and `make demo` (data, not
-code paths). The base model plays the role ViT-B-32#openai plays in the seed: pretrained (from
+code paths). The base model plays the role ViT-B-32#openai plays on real photos: pretrained (from
 random init, on the broad `generic` domain) and then fine-tuned on the shifted `target` domain.
 """
 

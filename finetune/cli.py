@@ -78,7 +78,8 @@ FIT_HELP: dict[str, str] = {
 }
 
 EXAMPLES = """examples:
-  # fine-tune OpenAI's ViT-B-32 on your CSV of text,image pairs (the seed's defaults)
+  # fine-tune OpenAI's ViT-B-32 on your CSV of text,image pairs (defaults: Adam, lr 1e-6,
+  # 5 epochs, batch 32, the recipe that took Flickr8k image-recall@5 from 0.532 to 0.865)
   python -m finetune fit --model ViT-B-32#openai --train-data pairs.csv --eval-data test.csv \\
       --output runs/mine
   # the same on 2 processes (CPU: gloo, GPU: nccl)
@@ -161,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cmp = sub.add_parser(
         "compare",
-        help="zero-shot vs fine-tuned table for models x datasets (the seed's experiment)",
+        help="zero-shot vs fine-tuned table for models x datasets (the Flickr8k/COCO "
+        "experiment of the blog post 'Fine-tuned CLIP vs Zero-Shot CLIP for search')",
         description="For each model and dataset: evaluate zero-shot on the test split, fine-tune "
         "on the train split, evaluate again. Writes report.md, report.json and report.png.",
     )

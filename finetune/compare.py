@@ -1,4 +1,5 @@
-"""Zero-shot vs fine-tuned for models x datasets: the seed's experiment, as one command.
+"""Zero-shot vs fine-tuned for models x datasets: the Flickr8k/COCO experiment of the blog post
+'Fine-tuned CLIP vs Zero-Shot CLIP for search', as one command.
 
     python -m finetune compare --models ViT-B-32#openai --datasets flickr8k=~/data/flickr8k
 
@@ -28,7 +29,7 @@ from finetune.train import FitConfig, fit
 
 log = logging.getLogger("finetune")
 
-# Per-dataset defaults of the seed's experiment (configuration as data).
+# Per-dataset defaults of that experiment (configuration as data).
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "coco": {"max_train_pairs": 100_000},
 }

@@ -1,4 +1,4 @@
-"""`compare` on tiny data: the seed's table, JSON and chart, from real runs."""
+"""`compare` on tiny data: the zero-shot vs fine-tuned table, JSON and chart, from real runs."""
 
 from __future__ import annotations
 
