@@ -522,6 +522,7 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
         "TORCH_THREADS": "3",
         "ENCODER_RUNTIME": "onnx-int8",
         "API_TOKEN": "s3cret",
+        "COMPATIBLE_TOWERS": "clip-text:0123456789abcdef",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -535,7 +536,10 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
         "runtime": "onnx-int8",
         "token": "s3cret",
     }
-    assert f["indexer"].args.uses_with == {"token": "s3cret"}
+    assert f["indexer"].args.uses_with == {
+        "token": "s3cret",
+        "compatible_towers": "clip-text:0123456789abcdef",
+    }
     assert f["image_encoder"].args.uses_with["allowed_roots"] == "/data/a:/data/b"
     assert f["image_encoder"].args.uses_with["allow_remote"] is False
 

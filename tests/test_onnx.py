@@ -77,10 +77,13 @@ def test_onnx_towers_give_the_torch_embeddings(
     run = base_export[0] if which == "base" else tiny_export
     images = _images(sample_dir)
     for tower, items in (("clip-text", TEXTS), ("clip-vision", images)):
-        reference = load_tower(run, tower).encode(items)
+        torch_tower = load_tower(run, tower)
+        reference = torch_tower.encode(items)
         onnx_tower = finetune.get_model(run, select_model=tower, device="cpu", runtime=runtime)
         assert onnx_tower.kind == tower and onnx_tower.embed_dim == reference.shape[1]
         assert onnx_tower.config["tower"] == tower
+        # one tower's graphs embed into its space: the index takes them as that tower
+        assert onnx_tower.config["fingerprint"] == torch_tower.config["fingerprint"]
         out = finetune.encode(onnx_tower, items, batch_size=4)  # two batches of unequal size
         assert out.dtype == np.float32 and out.shape == reference.shape
         np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-4)
