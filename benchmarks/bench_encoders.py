@@ -35,44 +35,23 @@ import io
 import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from results import machine, save_json  # noqa: E402
+import numpy as np
+import torch
+from results import command_line, machine, save_json
+from timing import in_blocks, in_rounds, median_seconds, percentile, seconds
 
 PEAK_REPEATS = 10
 WORDS = "a photo of the red blue small large dog cat car on in with beach street night".split()
-
-
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median seconds of `repeats` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_peak_gflops(n: int, repeats: int) -> float:
     """Best fp32 GFLOP/s of an n x n @ n x n product (2 n^3 FLOPs)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)
-    best = min(_once(lambda: torch.mm(a, b)) for _ in range(repeats))
+    best = min(seconds(lambda: torch.mm(a, b)) for _ in range(repeats))
     return 2 * n**3 / best / 1e9
-
-
-def _once(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def flops_per_item(module: torch.nn.Module, batch: torch.Tensor) -> float:
@@ -123,9 +102,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--image-rounds", type=int, default=7, help="timed batches per runtime")
     p.add_argument("--runtimes-only", action="store_true", help="only the runtime comparison")
     args = p.parse_args(argv)
+    command = command_line(__file__, argv)
     torch.set_num_threads(args.threads)
     if args.runtimes_only:
-        result = {"config": {**vars(args), **machine()}, "runtimes": compare_runtimes(args)}
+        result = {
+            "config": {**vars(args), **machine()},
+            "runtimes": compare_runtimes(args, command),
+        }
         save_json(result, args.json)
         return result
 
@@ -170,8 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
     ):
         print(f"timing the {name} tower ...", file=sys.stderr)
         flops = flops_per_item(tower, batch)
-        model_s = timed(model_forward(tower, batch), args.repeats)
-        executor_s = timed(executor_run(encoder, make_docs), args.repeats)
+        model_s = median_seconds(model_forward(tower, batch), args.repeats)
+        executor_s = median_seconds(executor_run(encoder, make_docs), args.repeats)
         achieved = flops * n / model_s / 1e9
         rows[name] = {
             "gflops_per_item": flops / 1e9,
@@ -191,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
         "towers": rows,
     }
     print_tables(result)
-    result["runtimes"] = compare_runtimes(args)
+    result["runtimes"] = compare_runtimes(args, command)
     save_json(result, args.json)
     return result
 
@@ -206,8 +189,9 @@ QUERY_WORDS = (
 ).split("|")
 
 
-def compare_runtimes(args: argparse.Namespace) -> dict:
-    """Text latency at batch 1 and image throughput: before / torch / onnx / onnx-int8."""
+def compare_runtimes(args: argparse.Namespace, command: str) -> dict:
+    """Text latency at batch 1 and image throughput: before / torch / onnx / onnx-int8;
+    printed with the `command` line that ran them."""
     from finetune.artifact import ONNX_FILE, ONNX_INT8_FILE, save_towers
     from finetune.models import create_clip
     from finetune.onnx_export import export_onnx
@@ -221,9 +205,11 @@ def compare_runtimes(args: argparse.Namespace) -> dict:
     export_s = {}
     sizes_mib = {}
     for tower in ("clip-text", "clip-vision"):
-        start = time.perf_counter()
-        export_onnx(f"{tmp}/{tower}", int8=True, report=lambda line: print(line, file=sys.stderr))
-        export_s[tower] = time.perf_counter() - start
+        export_s[tower] = seconds(
+            lambda tower=tower: export_onnx(
+                f"{tmp}/{tower}", int8=True, report=lambda line: print(line, file=sys.stderr)
+            )
+        )
         sizes_mib[tower] = {
             name: Path(f"{tmp}/{tower}/{name}").stat().st_size / 2**20
             for name in ("model.safetensors", ONNX_FILE, ONNX_INT8_FILE)
@@ -236,18 +222,17 @@ def compare_runtimes(args: argparse.Namespace) -> dict:
     queries = [QUERY_WORDS[i % len(QUERY_WORDS)] for i in range(args.queries)]
     for tower in text_contestants.values():  # warm-up
         tower.encode(queries[:3], batch_size=1)
-    latencies: dict[str, list[float]] = {name: [] for name in text_contestants}
-    names = list(text_contestants)
-    blocks = [queries[i : i + args.query_block] for i in range(0, len(queries), args.query_block)]
-    for i, block in enumerate(blocks):
-        # Turns of `--query-block` queries each, in alternating order: a service runs one
-        # runtime, and ONNX Runtime's threads spin a while after a call, which would slow a torch
-        # call that came right after it.
-        for name in names if i % 2 == 0 else names[::-1]:
-            for query in block:
-                start = time.perf_counter()
-                text_contestants[name].encode([query], batch_size=1)
-                latencies[name].append(time.perf_counter() - start)
+    # Turns of `--query-block` queries each, in alternating order: a service runs one runtime,
+    # and ONNX Runtime's threads spin a while after a call, which would slow a torch call that
+    # came right after it.
+    latencies = in_blocks(
+        {
+            name: (lambda q, t=t: t.encode([q], batch_size=1))
+            for name, t in text_contestants.items()
+        },
+        queries,
+        args.query_block,
+    )
 
     vision = {rt: load_tower(f"{tmp}/clip-vision", "clip-vision", runtime=rt) for rt in RUNTIMES}
     images = [_jpeg_image(b) for b in jpegs(args.image_batch, args.image_size)]
@@ -273,11 +258,7 @@ def compare_runtimes(args: argparse.Namespace) -> dict:
     }
     for fn in image_contestants.values():
         fn()
-    image_times: dict[str, list[float]] = {name: [] for name in image_contestants}
-    names = list(image_contestants)
-    for r in range(args.image_rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            image_times[name].append(_once(image_contestants[name]))
+    image_times = in_rounds(image_contestants, args.image_rounds)
 
     reference_text = text["torch"].encode(queries[: len(QUERY_WORDS)])
     reference_image = vision["torch"].encode(images, batch_size=args.image_batch)
@@ -293,7 +274,7 @@ def compare_runtimes(args: argparse.Namespace) -> dict:
     text_rows = {
         name: {
             "p50_ms": 1000 * statistics.median(t),
-            "p90_ms": 1000 * _quantile(t, 0.9),
+            "p90_ms": 1000 * percentile(t, 0.9, method="rank-above"),
         }
         for name, t in latencies.items()
     }
@@ -316,7 +297,7 @@ def compare_runtimes(args: argparse.Namespace) -> dict:
             np.mean([int(before.prepare([q]).argmax()) + 1 for q in QUERY_WORDS])
         ),
     }
-    print_runtimes(result, args)
+    print_runtimes(result, args, command)
     import shutil
 
     shutil.rmtree(tmp, ignore_errors=True)
@@ -333,16 +314,8 @@ def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
-def _quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def print_runtimes(r: dict, args: argparse.Namespace) -> None:
-    print(
-        f"\n{args.model} (random init), {args.threads} threads; "
-        f"command: .venv/bin/python benchmarks/bench_encoders.py {' '.join(sys.argv[1:])}\n"
-    )
+def print_runtimes(r: dict, args: argparse.Namespace, command: str) -> None:
+    print(f"\n{args.model} (random init), {args.threads} threads; command: {command}\n")
     print(
         f"text query encode, batch 1 ({args.queries} queries per runtime, in alternating turns "
         f"of {args.query_block}; queries "

@@ -9,7 +9,7 @@ fraction ``f`` of the items (50%, 10%, 1%, 0.1%). For each fraction, side by sid
   of the matching vectors), of the unfiltered store search, and of numpy brute force over the
   whole index with the filter applied as a mask (what one would do without the store's filter).
 
-The contenders are timed in alternation (`bench_index.timings`: each repeat runs one after the
+The contenders are timed in alternation (`timing.timings`: each repeat runs one after the
 other, all see the same load) and medians of ``--repeats`` are reported. Queries go in one
 batch of ``--queries`` rows; ``--single`` also times one query per call. Example (quick)::
 
@@ -19,7 +19,6 @@ batch of ``--queries`` rows; ``--single`` also times one query per call. Example
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 import tempfile
 import time
@@ -27,19 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_index import BATCH, add_index_arguments, clustered_data, recall_at_k
+from results import command_line, save_json
+from timing import timings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_index import (  # noqa: E402
-    BATCH,
-    add_index_arguments,
-    clustered_data,
-    recall_at_k,
-    timings,
-)
-from results import save_json  # noqa: E402
-
-from search.hnsw_store import HNSWStore  # noqa: E402
+from search.hnsw_store import HNSWStore
 
 FRACTIONS = (0.5, 0.1, 0.01, 0.001)
 
@@ -153,9 +144,7 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    command = "python benchmarks/bench_filter.py " + shlex.join(
-        sys.argv[1:] if argv is None else argv
-    )
+    command = command_line(__file__, argv)
     log(f"generating {args.n} x {args.dim} clustered vectors")
     data, queries = clustered_data(args)
     sel = np.random.default_rng(args.seed + 1).random(args.n)
@@ -167,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tag_bytes = store._tags.nbytes()
         store.close()
     results = {
-        "command": command.strip(),
+        "command": command,
         "args": vars(args),
         "rows": rows,
         "tag_index_bytes": tag_bytes,

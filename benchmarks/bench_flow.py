@@ -40,25 +40,20 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from jina_floor import passthrough_search, start_passthrough
+from results import REPO, machine, save_json
+from timing import Stopwatch, in_blocks, percentile
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
-
-from jina_floor import passthrough_search, start_passthrough  # noqa: E402
-from results import machine, save_json  # noqa: E402
-from taking_turns import in_blocks_ms  # noqa: E402
-
-from demo import BASE_MODEL_DIR  # noqa: E402
-from demo.served_flow import ServedFlow, flow_env  # noqa: E402
-from finetune.batching import batched  # noqa: E402
-from search.documents import Document  # noqa: E402
-from search.encoders import ImageEncoder, TextEncoder  # noqa: E402
-from search.hnsw_store import HNSWStore  # noqa: E402
+from demo import BASE_MODEL_DIR
+from demo.served_flow import ServedFlow, flow_env
+from finetune.batching import batched
+from search.documents import Document
+from search.encoders import ImageEncoder, TextEncoder
+from search.hnsw_store import HNSWStore
 
 # each search path's name in the table
 LATENCY_NAMES = {
@@ -97,7 +92,20 @@ def queries(n: int, seed: int = 1) -> list[str]:
 
 
 def percentiles(ms: list[float]) -> dict[str, float]:
-    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99))}
+    return {"p50": percentile(ms, 0.5), "p99": percentile(ms, 0.99)}
+
+
+def latencies_ms(
+    searchers: dict[str, Callable[[str], None]],
+    texts: list[str],
+    block: int,
+    rng: random.Random,
+    idle_s: dict[str, float] | None = None,
+) -> dict[str, list[float]]:
+    """Milliseconds of every text through every search path, the paths taking turns in blocks
+    of `block` texts, in an order shuffled by `rng` each time (`timing.in_blocks`)."""
+    took = in_blocks(searchers, texts, block, rng, idle_s)
+    return {name: [s * 1000 for s in seconds] for name, seconds in took.items()}
 
 
 # --- in-process -----------------------------------------------------------------------------
@@ -115,15 +123,15 @@ class InProcess:
     def index_batches(self, paths: list[Path], batch: int, store: bool) -> float:
         """images/s of the image encoder, thumbnails included (plus the store's upsert if
         `store`)."""
-        start = time.perf_counter()
-        for chunk in batched(paths, batch):
-            docs = [Document(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
-            self.image_encoder.embed(docs, indexing=True)  # thumbnails too, as the Flow indexes
-            if store:
-                self.store.upsert(
-                    [d.id for d in docs], [d.embedding for d in docs], uri=[d.uri for d in docs]
-                )
-        return len(paths) / (time.perf_counter() - start)
+        with Stopwatch() as watch:
+            for chunk in batched(paths, batch):
+                docs = [Document(id=p.name, blob=p.read_bytes(), uri=str(p)) for p in chunk]
+                self.image_encoder.embed(docs, indexing=True)  # thumbnails too, as the Flow indexes
+                if store:
+                    self.store.upsert(
+                        [d.id for d in docs], [d.embedding for d in docs], uri=[d.uri for d in docs]
+                    )
+        return len(paths) / watch.seconds
 
     def encode(self, text: str) -> np.ndarray:
         """The query's embedding, as the text encoder computes it in the Flow."""
@@ -162,14 +170,12 @@ class Served(ServedFlow):
         from client.api import IndexItem, SearchClient
 
         items = [IndexItem(f"{prefix}{p.name}", str(p)) for p in paths]
-        with SearchClient(self.grpc) as client:
-            start = time.perf_counter()
+        with SearchClient(self.grpc) as client, Stopwatch() as watch:
             outcomes = client.index(items, batch_size=batch)
-            elapsed = time.perf_counter() - start
         failed = [o for o in outcomes if o.error]
         if failed:
             raise RuntimeError(f"{len(failed)} images failed, e.g. {failed[0]}")
-        return len(paths) / elapsed
+        return len(paths) / watch.seconds
 
     def searchers(self, limit: int) -> tuple[dict[str, Callable[[str], None]], Callable]:
         """One text query through each Flow path (clients kept open), and a closer."""
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
             # warm-up: first calls pay for lazy initialisation on both sides
             local.index_batches(paths[: args.batch_size], args.batch_size, store=True)
             served.index(paths[: args.batch_size], args.batch_size, prefix="warm-")
-            in_blocks_ms(searchers, texts[:10], args.block, random.Random(-1), idle)
+            latencies_ms(searchers, texts[:10], args.block, random.Random(-1), idle)
             for r in range(args.rounds):
                 print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
                 indexers = {
@@ -275,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
                 # in a new order each round: no path always runs right after the same other
                 for key in random.Random(r).sample(list(indexers), len(indexers)):
                     rounds[key].append(indexers[key]())
-                latencies = in_blocks_ms(searchers, texts, args.block, random.Random(r), idle)
+                latencies = latencies_ms(searchers, texts, args.block, random.Random(r), idle)
                 for key, ms in latencies.items():
                     rounds[key].append(percentiles(ms))
         finally:

@@ -24,13 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
+from bench_flow import Served, latencies_ms, make_images, percentiles, queries
+from results import REPO
+from timing import alternating
 
-from bench_flow import Served, make_images, percentiles, queries  # noqa: E402
-from taking_turns import in_blocks_ms  # noqa: E402
-
-from demo import BASE_MODEL_DIR  # noqa: E402
+from demo import BASE_MODEL_DIR
 
 SIDES = ("this", "other")
 
@@ -101,16 +99,16 @@ def main(argv: list[str] | None = None) -> dict:
                     side: (lambda text, c=client: c.search(text, limit=args.limit))
                     for side, client in clients.items()
                 }
-                in_blocks_ms(searchers, texts[:20], args.block, random.Random(-1))  # warm-up
+                latencies_ms(searchers, texts[:20], args.block, random.Random(-1))  # warm-up
                 for flow in flows.values():
                     flow.index(paths[: args.batch_size], args.batch_size, prefix="warm-")
                 for r in range(args.rounds):
                     print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-                    for side, ms in in_blocks_ms(
+                    for side, ms in latencies_ms(
                         searchers, texts, args.block, random.Random(r)
                     ).items():
                         p50[side].append(percentiles(ms)["p50"])
-                    for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                    for side in alternating(SIDES, r):
                         images_per_s[side].append(
                             flows[side].index(paths, args.batch_size, prefix=f"r{r}-")
                         )

@@ -35,21 +35,18 @@ import ctypes
 import gc
 import math
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hnswlib
 import numpy as np
+from results import save_json
+from timing import Stopwatch, timings
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from results import save_json  # noqa: E402
-
-from search.hnsw_store import HNSWStore  # noqa: E402
+from search.hnsw_store import HNSWStore
 
 BATCH = 10_000  # vectors per HNSWStore.upsert call while building
 
@@ -114,24 +111,6 @@ def rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def timings(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, dict[str, float]]:
-    """Median wall and CPU seconds of each function; after one warm-up call each, the functions
-    run in turn ``repeats`` times so that they share the machine's load."""
-    samples: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            wall, cpu = time.perf_counter(), time.process_time()
-            fn()
-            samples[name]["wall"].append(time.perf_counter() - wall)
-            samples[name]["cpu"].append(time.process_time() - cpu)
-    return {
-        name: {clock: statistics.median(values) for clock, values in by_clock.items()}
-        for name, by_clock in samples.items()
-    }
-
-
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean fraction of the exact top-k found, over queries."""
     hits = sum(len(set(f) & set(e)) for f, e in zip(found.tolist(), exact.tolist(), strict=True))
@@ -168,23 +147,25 @@ def brute_force(data: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def build_hnswlib(data: np.ndarray, args: argparse.Namespace) -> tuple[hnswlib.Index, dict]:
-    before, start = rss_bytes(), time.perf_counter()
-    index = hnswlib.Index(space="cosine", dim=args.dim)
-    index.init_index(max_elements=len(data), M=args.M, ef_construction=args.ef_construction)
-    index.add_items(data, np.arange(len(data)))
-    build = time.perf_counter() - start
-    return index, {"build_s": build, "rss_bytes_per_vector": (rss_bytes() - before) / len(data)}
+    before = rss_bytes()
+    with Stopwatch() as build:
+        index = hnswlib.Index(space="cosine", dim=args.dim)
+        index.init_index(max_elements=len(data), M=args.M, ef_construction=args.ef_construction)
+        index.add_items(data, np.arange(len(data)))
+    rss = (rss_bytes() - before) / len(data)
+    return index, {"build_s": build.seconds, "rss_bytes_per_vector": rss}
 
 
 def build_store(data: np.ndarray, args: argparse.Namespace, path: Path) -> tuple[HNSWStore, dict]:
-    before, start = rss_bytes(), time.perf_counter()
-    store = HNSWStore(path, dim=args.dim, M=args.M, ef_construction=args.ef_construction)
-    ids = [str(i) for i in range(len(data))]
-    for begin in range(0, len(data), BATCH):
-        errors = store.upsert(ids[begin : begin + BATCH], data[begin : begin + BATCH])
-        assert not any(errors), errors
-    build = time.perf_counter() - start
-    return store, {"build_s": build, "rss_bytes_per_vector": (rss_bytes() - before) / len(data)}
+    before = rss_bytes()
+    with Stopwatch() as build:
+        store = HNSWStore(path, dim=args.dim, M=args.M, ef_construction=args.ef_construction)
+        ids = [str(i) for i in range(len(data))]
+        for begin in range(0, len(data), BATCH):
+            errors = store.upsert(ids[begin : begin + BATCH], data[begin : begin + BATCH])
+            assert not any(errors), errors
+    rss = (rss_bytes() - before) / len(data)
+    return store, {"build_s": build.seconds, "rss_bytes_per_vector": rss}
 
 
 def compare_queries(

@@ -38,7 +38,6 @@ import argparse
 import json
 import os
 import random
-import shlex
 import signal
 import sys
 import tempfile
@@ -50,15 +49,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results import command_line, machine, save_json
+from timing import Stopwatch, percentile
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # runnable as a script from anywhere
-
-from results import machine, save_json  # noqa: E402
-
-from client.api import SearchClient  # noqa: E402
-from demo import BASE_MODEL_DIR  # noqa: E402
-from demo.served_flow import ServedFlow, flow_env, open_files  # noqa: E402
+from client.api import SearchClient
+from demo import BASE_MODEL_DIR
+from demo.served_flow import ServedFlow, flow_env, open_files
 
 QUERIES = [
     "a red square",
@@ -170,9 +166,9 @@ def searcher(shared: Shared, host: str, protocol: str, seed: int) -> None:
                 client.close()  # a new Flow behind the same ports: a fresh connection
                 generation = shared.generation
             phase = shared.phase
-            start = time.perf_counter()
             try:
-                hits = client.search(text=rng.choice(QUERIES), limit=10)
+                with Stopwatch() as watch:
+                    hits = client.search(text=rng.choice(QUERIES), limit=10)
                 if not hits:
                     raise RuntimeError("no hits on a non-empty index")
             except Exception as e:  # every failure is a result to count
@@ -181,7 +177,7 @@ def searcher(shared: Shared, host: str, protocol: str, seed: int) -> None:
                     time.sleep(0.05)  # an outage fails fast: do not spin through the budget
                 continue
             with shared.lock:
-                shared.latency_ms[protocol].append((time.perf_counter() - start) * 1000)
+                shared.latency_ms[protocol].append(watch.seconds * 1000)
     finally:
         client.close()
 
@@ -332,10 +328,6 @@ def fault(
     return result
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    return float(np.percentile(values, q)) if values else None
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--flow", default="flow.yml", help="flow.yml or flow.scaled.yml")
@@ -353,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="runs/bench/bench_load.json")
     args = p.parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+    command = command_line(__file__, argv)
 
     rng = np.random.default_rng(args.seed)
     dim = embedding_dim(Path(args.tower))
@@ -447,8 +439,8 @@ def run(
         ms = shared.latency_ms.get(protocol, [])
         protocols[protocol] = {
             "searches": len(ms),
-            "p50_ms": percentile(ms, 50),
-            "p99_ms": percentile(ms, 99),
+            "p50_ms": percentile(ms, 0.5) if ms else None,
+            "p99_ms": percentile(ms, 0.99) if ms else None,
             "errors": errors,
         }
     return {

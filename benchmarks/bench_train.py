@@ -70,12 +70,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from results import REPO, command_line
+from timing import Stopwatch, alternating, percentile
+
 MODEL = "ViT-Tiny-8"
 OURS, OPENCLIP = "ours", "open_clip"
 TRAINERS = (OURS, OPENCLIP)
@@ -467,17 +468,17 @@ def run_trainer(
     load_before = list(os.getloadavg())
     busy_before, self_before = _cpu_busy_s(), _self_cpu_s()
     with open(log_path, "wb") as log:
-        start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
-        poller = MemoryPoller(proc.pid)
-        poller.start()
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        wall = time.perf_counter() - start
+        with Stopwatch() as watch:
+            proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+            poller = MemoryPoller(proc.pid)
+            poller.start()
+            timer = threading.Timer(timeout, proc.kill)
+            timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+        wall = watch.seconds
         busy = _cpu_busy_s() - busy_before
         poller_cpu = _self_cpu_s() - self_before  # this script's memory polling
         proc.returncode = os.waitstatus_to_exitcode(status)
@@ -567,7 +568,9 @@ def summarize(r: RunResult, batch_size: int) -> dict[str, float]:
         "steps": len(r.steps),
         "samples": r.samples,
         "steady_samples_per_s": statistics.median(s.samples_per_s for s in steady(r.steps)),
-        "p90_samples_per_s": _percentile([s.samples_per_s for s in steady(r.steps)], 0.9),
+        "p90_samples_per_s": percentile(
+            [s.samples_per_s for s in steady(r.steps)], 0.9, method="nearest-rank"
+        ),
         "loop_samples_per_s": r.samples / loop_s,
         "e2e_samples_per_s": r.samples / r.wall_s,
         "wall_s": r.wall_s,
@@ -582,13 +585,6 @@ def summarize(r: RunResult, batch_size: int) -> dict[str, float]:
         "first_loss": r.steps[0].loss,
         "final_loss": final_loss(r.steps),
     }
-
-
-def _percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile: on a shared machine, noise only ever slows a step down, so a
-    high percentile of per-step throughput is the least disturbed estimate of the real speed."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def median_summary(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -718,16 +714,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def reproduce_line(argv: list[str]) -> str:
-    return shlex.join([".venv/bin/python", "benchmarks/bench_train.py", *argv])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.repeats < 1 or args.epochs < 1 or args.batch_size < 1:
         raise SystemExit("--repeats, --epochs and --batch-size must be >= 1")
-    sys.path.insert(0, str(REPO))
     tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
     print(f"bench_train: working in {tmp} ({'kept' if args.keep else 'removed at the end'})")
     print("NOTE: this machine is noisy (shared CPU cores); numbers vary run to run.")
@@ -763,8 +754,7 @@ def main(argv: list[str] | None = None) -> int:
         results: list[RunResult] = []
         for rep in range(args.repeats):
             rs = replace(s, seed=s.seed + rep) if args.vary_seed else s
-            order = TRAINERS if rep % 2 == 0 else TRAINERS[::-1]
-            for position, trainer in enumerate(order):
+            for position, trainer in enumerate(alternating(TRAINERS, rep)):
                 work = tmp / f"rep{rep}_{trainer}"
                 if trainer == OURS:
                     cmd = ours_command(data, rs, work / "run")
@@ -795,7 +785,7 @@ def main(argv: list[str] | None = None) -> int:
         med = {t: median_summary(per_run[t]) for t in TRAINERS}
         busiest = max(r.other_cpu_cores for r in results)
         md, verdicts = table(med[OURS], med[OPENCLIP], noisy=busiest >= NOISY_CORES)
-        repro = reproduce_line(argv)
+        repro = command_line(__file__, argv)
 
         print()
         print(

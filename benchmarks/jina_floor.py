@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import results  # noqa: F401 - this checkout's packages on sys.path, for the imports below
 import yaml
 from docarray import DocList
 
