@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         text_encoder = CLIPTextEncoder(tower=f"{tmp}/clip-text", num_threads=args.threads)
 
     n = args.batch_size
-    vision, text = image_encoder.tower, text_encoder.tower
+    vision, text = image_encoder.encoder.tower, text_encoder.encoder.tower
     size = vision.config["preprocess_cfg"]["size"]
     size = size if isinstance(size, int) else size[0]
     pixels = torch.randn(n, 3, size, size)

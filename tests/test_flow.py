@@ -243,7 +243,7 @@ def test_each_caption_finds_its_image_first_over_grpc_and_http(flow, shapes):
 
 @pytest.mark.slow
 def test_a_text_search_reply_times_the_executors_it_passed(flow, shapes):
-    # what benchmarks/bench_flow_hops.py reads: the gateway's timing of each executor's part
+    # the gateway's timing of each executor's part, as jina returns it with every reply
     transport = GrpcTransport(flow.grpc.removeprefix("grpc://"))
     try:
         query = DocList[SearchDoc]([SearchDoc(text=next(iter(captions(shapes).values())))])
