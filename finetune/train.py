@@ -13,7 +13,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
@@ -23,14 +22,20 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
 from finetune.atomic import atomic_path, write_json
 from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
+from finetune.distributed import (
+    Dist,
+    barrier,
+    broadcast_flag,
+    data_parallel,
+    setup_distributed,
+    unwrap,
+)
 from finetune.evaluation import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import LOSSES, create_loss
 from finetune.models import CLIPBundle
@@ -141,43 +146,6 @@ class Run:
     @property
     def final_metrics(self) -> dict[str, Any] | None:
         return self.eval_metrics[-1] if self.eval_metrics else None
-
-
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> _Dist:
-    """Join the process group torchrun set up (if any) and pick this process's device."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return _Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if not use_cuda:
-        # Several processes share the CPU cores: don't oversubscribe them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return _Dist(
-        rank=dist.get_rank(),
-        world_size=world_size,
-        local_rank=local_rank,
-        device=torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"),
-    )
 
 
 def seed_everything(seed: int) -> None:
@@ -329,13 +297,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         )
         log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
     train_model = RealLengthCLIP(model) if real_length else model
-    ddp_model = (
-        DistributedDataParallel(
-            train_model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
-        )
-        if env.world_size > 1
-        else train_model
-    )
+    ddp_model = data_parallel(train_model, env)
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     metrics_log = MetricsLog(out / METRICS_FILE if env.is_main else None, append=bool(cfg.resume))
@@ -445,7 +407,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
             _save_checkpoint(
                 out / CHECKPOINT, model, optimizer, scaler, epoch + 1, step, run.best, patience_left
             )
-        stop = _broadcast_flag(stop or last_epoch, env)
+        stop = broadcast_flag(stop or last_epoch, env)
         if stop:
             break
 
@@ -472,12 +434,11 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         write_json(out / RUN_CONFIG, run.config)
         log.info("wrote %s and %s", run.text_tower, run.vision_tower)
     metrics_log.close()
-    if env.world_size > 1:
-        dist.barrier()
+    barrier(env)
     return run
 
 
-def contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg: FitConfig, env: _Dist):
+def contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg: FitConfig, env: Dist):
     """Backpropagate the contrastive loss of the whole (accumulated) batch; returns the loss.
 
     With several micro-batches, the features of all of them are first computed without
@@ -511,20 +472,16 @@ def contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg: FitConf
                 )
                 loss = loss_fn(all_images, all_texts, logit_scale)
             scaler.scale(loss).backward()
-    temperature = _unwrap(ddp_model).logit_scale
+    temperature = unwrap(ddp_model).logit_scale
     if temperature.grad is not None:
         temperature.grad /= len(micro_batches)
     return loss
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
-
-
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def _run_config(cfg: FitConfig, bundle: CLIPBundle, env: _Dist) -> dict[str, Any]:
+def _run_config(cfg: FitConfig, bundle: CLIPBundle, env: Dist) -> dict[str, Any]:
     return {
         "model": bundle.spec,
         "model_name": bundle.model_name,
@@ -583,11 +540,3 @@ def _wise_ft(model: torch.nn.Module, initial_state: dict[str, torch.Tensor], alp
         if value.is_floating_point():
             state[key] = (1 - alpha) * initial_state[key].to(value.device) + alpha * value
     model.load_state_dict(state)
-
-
-def _broadcast_flag(flag: bool, env: _Dist) -> bool:
-    if env.world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=env.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())
