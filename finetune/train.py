@@ -15,7 +15,6 @@ import logging
 import math
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from finetune.accumulation import autocast_for, contrastive_backward, micro_batches
 from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
 from finetune.atomic import atomic_path, write_json
 from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
@@ -34,7 +34,6 @@ from finetune.distributed import (
     broadcast_flag,
     data_parallel,
     setup_distributed,
-    unwrap,
 )
 from finetune.evaluation import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import LOSSES, create_loss
@@ -216,13 +215,6 @@ def lock_towers(model: torch.nn.Module, cfg: FitConfig) -> None:
         raise ValueError("both towers and the temperature are locked: nothing to train")
 
 
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.float16 if precision == "amp" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (main process only)."""
 
@@ -340,19 +332,13 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
             dynamic_ncols=True,
         )
         tick = time.perf_counter()
-        micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, (images, texts) in enumerate(loader):
-            micro_batches.append(
-                (images.to(env.device, non_blocking=True), texts.to(env.device, non_blocking=True))
-            )
-            if len(micro_batches) < cfg.grad_accum_steps and i + 1 < len(loader):
-                continue
+        for batch in micro_batches(loader, cfg.grad_accum_steps, env.device):
             lr = lr_at(step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg, env)
-            batch_samples = sum(len(images) for images, _ in micro_batches) * env.world_size
-            micro_batches = []
+            amp = autocast_for(cfg.precision, env.device)
+            loss = contrastive_backward(ddp_model, batch, loss_fn, scaler, amp)
+            batch_samples = sum(len(images) for images, _ in batch) * env.world_size
             if cfg.grad_clip_norm:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
@@ -436,46 +422,6 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     metrics_log.close()
     barrier(env)
     return run
-
-
-def contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg: FitConfig, env: Dist):
-    """Backpropagate the contrastive loss of the whole (accumulated) batch; returns the loss.
-
-    With several micro-batches, the features of all of them are first computed without
-    gradients; then each micro-batch is run again with gradients and its fresh features are
-    spliced in among the cached ones, so every micro-batch's loss has the whole batch as
-    negatives (as open_clip's --accum-freq does). The per-micro-batch gradients sum to the
-    full-batch gradient, except for the temperature, which each pass sees whole.
-    """
-    amp = autocast_for(cfg.precision, env.device)
-    if len(micro_batches) == 1:
-        images, texts = micro_batches[0]
-        with amp:
-            image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
-        scaler.scale(loss).backward()
-        return loss
-    with torch.no_grad(), amp:
-        cached = [ddp_model(images, texts)[:2] for images, texts in micro_batches]
-    for j, (images, texts) in enumerate(micro_batches):
-        last = j + 1 == len(micro_batches)
-        # gradients are all-reduced once, after the last micro-batch
-        sync = nullcontext() if last or env.world_size == 1 else ddp_model.no_sync()
-        with sync:
-            with amp:
-                image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
-                all_images = torch.cat(
-                    [image_features if k == j else c[0] for k, c in enumerate(cached)]
-                )
-                all_texts = torch.cat(
-                    [text_features if k == j else c[1] for k, c in enumerate(cached)]
-                )
-                loss = loss_fn(all_images, all_texts, logit_scale)
-            scaler.scale(loss).backward()
-    temperature = unwrap(ddp_model).logit_scale
-    if temperature.grad is not None:
-        temperature.grad /= len(micro_batches)
-    return loss
 
 
 # --- helpers ---------------------------------------------------------------------------------
