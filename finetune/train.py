@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from finetune.accumulation import autocast_for, contrastive_backward, micro_batches
 from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
-from finetune.atomic import atomic_path, write_json
+from finetune.atomic import write_json
+from finetune.checkpoint import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint
 from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
 from finetune.distributed import (
     Dist,
@@ -42,7 +43,6 @@ from finetune.text_length import RealLengthCLIP, supports_trimming, trimmed_coll
 
 log = logging.getLogger("finetune")
 
-CHECKPOINT = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 # CLIP clamps its temperature so logits stay below 100 (as in the CLIP paper and open_clip).
 MAX_LOGIT_SCALE = math.log(100)
@@ -282,12 +282,10 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
 
     run = Run(output=out, config=_run_config(cfg, bundle, env))
-    start_epoch, step, patience_left = 0, 0, cfg.early_stopping_patience
+    state = TrainState(patience_left=cfg.early_stopping_patience)
     if cfg.resume:
-        start_epoch, step, run.best, patience_left = _load_checkpoint(
-            out / CHECKPOINT, model, optimizer, scaler
-        )
-        log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
+        state = load_checkpoint(out / CHECKPOINT, model, optimizer, scaler)
+        log.info("resumed %s at epoch %d, step %d", out, state.epoch, state.step)
     train_model = RealLengthCLIP(model) if real_length else model
     ddp_model = data_parallel(train_model, env)
     if env.is_main:
@@ -311,18 +309,18 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         metrics = evaluate_bundle(
             bundle, eval_set, cfg.recall_k, workers=workers, progress=cfg.progress
         )
-        record = {"type": "eval", "epoch": epoch, "step": step, **metrics}
+        record = {"type": "eval", "epoch": epoch, "step": state.step, **metrics}
         run.eval_metrics.append(record)
         metrics_log.write(record)
         return record
 
-    if eval_set is not None and env.is_main and start_epoch == 0:
+    if eval_set is not None and env.is_main and state.epoch == 0:
         log.info("zero-shot: %s", _fmt(evaluate(0), cfg))
 
     # --- train ------------------------------------------------------------------------------
     samples_seen, train_time = 0, 0.0
     stop = False
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
         sampler.set_epoch(epoch)
         model.train()
         bar = tqdm(
@@ -333,7 +331,7 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
         )
         tick = time.perf_counter()
         for batch in micro_batches(loader, cfg.grad_accum_steps, env.device):
-            lr = lr_at(step, total_steps, cfg)
+            lr = lr_at(state.step, total_steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             amp = autocast_for(cfg.precision, env.device)
@@ -347,14 +345,14 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
             optimizer.zero_grad(set_to_none=True)
             with torch.no_grad():
                 model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            step += 1
+            state.step += 1
             now = time.perf_counter()
             samples_seen += batch_samples
             train_time += now - tick
             record = {
                 "type": "train",
                 "epoch": epoch + 1,
-                "step": step,
+                "step": state.step,
                 "loss": loss.item(),
                 "lr": lr,
                 "samples_per_s": batch_samples / max(now - tick, 1e-9),
@@ -369,37 +367,32 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
                 samples_s=f"{samples_seen / max(train_time, 1e-9):.1f}",
             )
             bar.update()
-            if step >= total_steps:
+            if state.step >= total_steps:
                 break
         bar.close()
 
         # --- evaluate, keep the best, early-stop ---------------------------------------------
-        last_epoch = epoch + 1 == cfg.epochs or step >= total_steps
+        state.epoch = epoch + 1
+        last_epoch = state.epoch == cfg.epochs or state.step >= total_steps
         if env.is_main:
-            if eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-                record = evaluate(epoch + 1)
-                log.info("epoch %d: %s", epoch + 1, _fmt(record, cfg))
-                if run.best is None or record[cfg.monitor] > run.best[cfg.monitor]:
-                    run.best = record
-                    patience_left = cfg.early_stopping_patience
+            if eval_set is not None and (state.epoch % cfg.eval_every == 0 or last_epoch):
+                record = evaluate(state.epoch)
+                log.info("epoch %d: %s", state.epoch, _fmt(record, cfg))
+                if state.add_evaluation(record, cfg.monitor, cfg.early_stopping_patience):
                     save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
-                elif patience_left is not None:
-                    patience_left -= 1
-                    stop = patience_left <= 0
-                    if stop:
-                        log.info("early stopping: %s did not improve", cfg.monitor)
+                elif state.out_of_patience:
+                    stop = True
+                    log.info("early stopping: %s did not improve", cfg.monitor)
             elif eval_set is None:
                 save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
-            _save_checkpoint(
-                out / CHECKPOINT, model, optimizer, scaler, epoch + 1, step, run.best, patience_left
-            )
+            save_checkpoint(out / CHECKPOINT, state, model, optimizer, scaler)
         stop = broadcast_flag(stop or last_epoch, env)
         if stop:
             break
 
     # --- finish: best weights, optional WiSE-FT, the artifact -------------------------------
     if env.is_main:
-        if run.best is not None:
+        if state.best is not None:
             load_towers_into(model, out)
         if initial_state is not None:
             _wise_ft(model, initial_state, cfg.wise_ft)
@@ -408,19 +401,20 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
                 record = evaluate(-1)
                 record["wise_ft"] = cfg.wise_ft
                 log.info("WiSE-FT alpha=%s: %s", cfg.wise_ft, _fmt(record, cfg))
-        run.steps = step
+        run.steps = state.step
         run.samples_per_second = samples_seen / max(train_time, 1e-9)
         run.config.update(
             logit_scale=model.logit_scale.item(),
             logit_bias=_item_or_none(getattr(model, "logit_bias", None)),
-            steps=step,
-            best=run.best,
+            steps=state.step,
+            best=state.best,
             samples_per_second=run.samples_per_second,
         )
         write_json(out / RUN_CONFIG, run.config)
         log.info("wrote %s and %s", run.text_tower, run.vision_tower)
     metrics_log.close()
     barrier(env)
+    run.best = state.best
     return run
 
 
@@ -453,30 +447,6 @@ def _item_or_none(t: torch.Tensor | None) -> float | None:
 
 def _dtype(name: str) -> torch.dtype:
     return torch.float16 if name == "float16" else torch.float32
-
-
-def _save_checkpoint(path, model, optimizer, scaler, epoch, step, best, patience_left) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "best": best,
-        "patience_left": patience_left,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, model, optimizer, scaler):
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} not found (is this a `finetune fit` run?)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    return ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["patience_left"]
 
 
 def _wise_ft(model: torch.nn.Module, initial_state: dict[str, torch.Tensor], alpha: float) -> None:
