@@ -773,7 +773,20 @@ def load_pairs(
     rows = list(islice(reader.read(ctx), limit))
     if not rows:
         raise DataError(f"{src.path} has no {fmt} rows with a caption and an image")
+    return _usable_pairs(rows, ctx, fmt, prompt, check_images, max_bad_fraction)
 
+
+def _usable_pairs(
+    rows: list[_Row],
+    ctx: _Context,
+    fmt: str,
+    prompt: str | None,
+    check_images: bool,
+    max_bad_fraction: float,
+) -> PairSet:
+    """The rows that make pairs; refuse the file when too many do not, and log what was
+    skipped."""
+    src, log = ctx.source, ctx.log
     pairs, skipped = _check_rows(rows, ctx.roots, prompt, check_images)
     _enforce_quality(src.path, len(rows), len(pairs), skipped, max_bad_fraction)
     _log_skipped(log, src.path, len(rows), skipped)

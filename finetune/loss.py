@@ -40,10 +40,14 @@ class CLIPLoss(nn.Module):
         ) / 2
 
 
+# The losses `fit` can train with, by the name `FitConfig.loss` (`--loss`) gives. Each is called
+# with this process's image and text features (it gathers the other processes') and the
+# exponentiated logit scale.
 LOSSES = {"CLIPLoss": CLIPLoss}
 
 
 def create_loss(name: str) -> nn.Module:
+    """A new instance of the loss registered as `name`."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; available: {', '.join(LOSSES)}")
     return LOSSES[name]()

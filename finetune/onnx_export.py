@@ -41,7 +41,7 @@ from finetune.artifact import (
 from finetune.atomic import read_json
 from finetune.onnx_runtime import require
 from finetune.text_length import forward_at_length, supports_trimming, trim_tokens
-from finetune.towers import load_tower
+from finetune.towers import Tower, load_tower
 
 log = logging.getLogger("finetune")
 
@@ -104,20 +104,7 @@ def export_tower(
     folder = Path(folder)
     torch_tower = load_tower(folder, tower)  # checks the folder holds this tower
     torch_tower.eval()
-    if tower == TEXT_TOWER:
-        real_length = supports_trimming(torch_tower.config["model_cfg"])
-        graph: nn.Module = _TextGraph(torch_tower.module, real_length)
-        example = torch_tower.prepare(["a photo of a dog", "a cat"])
-        example = trim_tokens(example) if real_length else example
-        name = "tokens"
-        shapes = {0: torch.export.Dim("batch"), 1: _length_dim(torch_tower.context_length)}
-    else:
-        graph = _VisionGraph(torch_tower.module)
-        size = torch_tower.config["preprocess_cfg"]["size"]
-        height, width = (size, size) if isinstance(size, int) else size
-        example = torch.zeros(2, 3, height, width)
-        name = "pixels"
-        shapes = {0: torch.export.Dim("batch")}
+    graph, example, name, shapes = _graph_and_input(torch_tower, tower)
     graph.eval()
 
     written = []
@@ -140,20 +127,41 @@ def export_tower(
     written.append(target)
     report(f"wrote {target} ({_mib(target)})")
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        int8_target = folder / ONNX_INT8_FILE
-        report(f"quantising {target.name} -> {int8_target.name} ...")
-        with _atomic_path(int8_target) as tmp, _quiet_root_log():
-            quantize_dynamic(
-                target,
-                tmp,
-                weight_type=QuantType.QInt8,
-                op_types_to_quantize=list(INT8_OPS),
-            )
-        written.append(int8_target)
-        report(f"wrote {int8_target} ({_mib(int8_target)})")
+        written.append(_quantise(target, folder / ONNX_INT8_FILE, report))
     return written
+
+
+def _graph_and_input(torch_tower: Tower, tower: str) -> tuple[nn.Module, torch.Tensor, str, dict]:
+    """The module to export for a tower, an example input, its name and its dynamic axes."""
+    if tower == TEXT_TOWER:
+        real_length = supports_trimming(torch_tower.config["model_cfg"])
+        example = torch_tower.prepare(["a photo of a dog", "a cat"])
+        shapes = {0: torch.export.Dim("batch"), 1: _length_dim(torch_tower.context_length)}
+        return (
+            _TextGraph(torch_tower.module, real_length),
+            trim_tokens(example) if real_length else example,
+            "tokens",
+            shapes,
+        )
+    size = torch_tower.config["preprocess_cfg"]["size"]
+    height, width = (size, size) if isinstance(size, int) else size
+    example = torch.zeros(2, 3, height, width)
+    return _VisionGraph(torch_tower.module), example, "pixels", {0: torch.export.Dim("batch")}
+
+
+def _quantise(target: Path, int8_target: Path, report: Callable[[str], None]) -> Path:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    report(f"quantising {target.name} -> {int8_target.name} ...")
+    with _atomic_path(int8_target) as tmp, _quiet_root_log():
+        quantize_dynamic(
+            target,
+            tmp,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(INT8_OPS),
+        )
+    report(f"wrote {int8_target} ({_mib(int8_target)})")
+    return int8_target
 
 
 def export_onnx(

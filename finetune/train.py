@@ -1,7 +1,8 @@
 """The fine-tuning loop: CLIP contrastive loss on image-caption pairs, both towers (or one).
 
-Read top to bottom: set up (distributed, model, data, optimiser), train epochs with periodic
-evaluation, keep the best weights, write the two towers. Works on CPU and GPU, and under
+`fit` reads top to bottom: set up (distributed, model, data, optimiser, the state to start
+from), then for each epoch train, evaluate and keep the best, checkpoint; then finish (best
+weights, optional WiSE-FT, the two towers). Works on CPU and GPU, and under
 `torchrun --nproc_per_node N -m finetune fit ...` (gloo on CPU, nccl on GPU), where the batch
 size is the global batch and negatives come from the whole global batch.
 """
@@ -13,24 +14,23 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from finetune.accumulation import MicroBatch, autocast_for, contrastive_backward, micro_batches
 from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
-from finetune.atomic import atomic_path, write_json
+from finetune.atomic import write_json
+from finetune.checkpoint import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint
 from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
+from finetune.distributed import Dist, barrier, broadcast_flag, data_parallel, setup_distributed
 from finetune.evaluation import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import LOSSES, create_loss
 from finetune.models import CLIPBundle
@@ -38,7 +38,6 @@ from finetune.text_length import RealLengthCLIP, supports_trimming, trimmed_coll
 
 log = logging.getLogger("finetune")
 
-CHECKPOINT = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 # CLIP clamps its temperature so logits stay below 100 (as in the CLIP paper and open_clip).
 MAX_LOGIT_SCALE = math.log(100)
@@ -143,43 +142,6 @@ class Run:
         return self.eval_metrics[-1] if self.eval_metrics else None
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device: str) -> _Dist:
-    """Join the process group torchrun set up (if any) and pick this process's device."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but no CUDA GPU is visible")
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return _Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if not use_cuda:
-        # Several processes share the CPU cores: don't oversubscribe them.
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
-    return _Dist(
-        rank=dist.get_rank(),
-        world_size=world_size,
-        local_rank=local_rank,
-        device=torch.device(f"cuda:{local_rank}" if use_cuda else "cpu"),
-    )
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -248,13 +210,6 @@ def lock_towers(model: torch.nn.Module, cfg: FitConfig) -> None:
         raise ValueError("both towers and the temperature are locked: nothing to train")
 
 
-def autocast_for(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.float16 if precision == "amp" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (main process only)."""
 
@@ -271,6 +226,60 @@ class MetricsLog:
             self.file.close()
 
 
+@dataclass
+class _Throughput:
+    """Training samples and seconds in this process's session (a resumed run starts again)."""
+
+    samples: int = 0
+    seconds: float = 0.0
+
+    def add(self, samples: int, seconds: float) -> None:
+        self.samples += samples
+        self.seconds += seconds
+
+    @property
+    def per_second(self) -> float:
+        return self.samples / max(self.seconds, 1e-9)
+
+
+@dataclass
+class _Training:
+    """What the set-up builds once and every phase of `fit` uses."""
+
+    cfg: FitConfig
+    env: Dist
+    bundle: CLIPBundle
+    # what a step calls: the model, run at real text length and in DDP where those apply
+    step_model: torch.nn.Module
+    sampler: DistributedSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: torch.nn.Module
+    eval_set: PairSet | None
+    workers: int
+    run: Run
+    metrics_log: MetricsLog
+    start_weights: dict[str, torch.Tensor] | None  # kept for WiSE-FT
+    throughput: _Throughput = field(default_factory=_Throughput)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.bundle.model
+
+    @property
+    def out(self) -> Path:
+        return self.run.output
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.loader) / self.cfg.grad_accum_steps)
+
+    @property
+    def total_steps(self) -> int:
+        return min(self.cfg.epochs * self.steps_per_epoch, self.cfg.max_steps or math.inf)
+
+
 def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     """Fine-tune a CLIP on image-caption pairs and write its two towers to `output`.
 
@@ -281,250 +290,294 @@ def fit(config: FitConfig | None = None, **kwargs: Any) -> Run:
     cfg.recall_k = tuple(cfg.recall_k)
     cfg.validate()
     env = setup_distributed(cfg.device)
+    _check_global_batch(cfg, env)
+    seed_everything(cfg.seed)
+    t, state = _set_up(cfg, env)
+    _evaluate_zero_shot(t, state)
+    for epoch in range(state.epoch, cfg.epochs):
+        _train_epoch(t, state, epoch)
+        state.epoch = epoch + 1
+        last_epoch = state.epoch == cfg.epochs or state.step >= t.total_steps
+        stop = _evaluate_and_select(t, state, last_epoch)
+        _checkpoint(t, state)
+        if broadcast_flag(stop or last_epoch, env):
+            break
+    _finish(t, state)
+    return t.run
+
+
+# --- set up ------------------------------------------------------------------------------------
+
+
+def _check_global_batch(cfg: FitConfig, env: Dist) -> None:
     if cfg.batch_size % env.world_size:
         raise ValueError(
             f"batch_size {cfg.batch_size} is the global batch and must divide evenly over "
             f"{env.world_size} processes"
         )
-    out = Path(cfg.resume or cfg.output)
-    seed_everything(cfg.seed)
 
-    # --- model, data, optimiser ------------------------------------------------------------
+
+def _set_up(cfg: FitConfig, env: Dist) -> tuple[_Training, TrainState]:
+    """Model, data, optimiser and run folder, and the state to start from: a fresh one, or the
+    checkpoint's when resuming."""
     bundle = load_model(cfg.model, device=env.device)
-    model = bundle.model
-    initial_state = copy.deepcopy(model.state_dict()) if cfg.wise_ft is not None else None
-    lock_towers(model, cfg)
+    start_weights = copy.deepcopy(bundle.model.state_dict()) if cfg.wise_ft is not None else None
+    lock_towers(bundle.model, cfg)
     train_set = load_data(cfg, cfg.train_data, cfg.split)
     eval_set = load_data(cfg, cfg.eval_data, _eval_split(cfg)) if cfg.eval_data else None
     workers = default_workers() if cfg.workers is None else cfg.workers
+    sampler, loader = _train_loader(cfg, env, bundle, train_set, workers)
+    optimizer = make_optimizer(bundle.model, cfg)
+    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "amp")
+    run = Run(output=Path(cfg.resume or cfg.output), config=_run_config(cfg, bundle, env))
+    state = _start_state(cfg, run.output, bundle.model, optimizer, scaler)
+    t = _Training(
+        cfg=cfg,
+        env=env,
+        bundle=bundle,
+        step_model=_step_model(bundle, env),
+        sampler=sampler,
+        loader=loader,
+        optimizer=optimizer,
+        scaler=scaler,
+        loss_fn=create_loss(cfg.loss),
+        eval_set=eval_set,
+        workers=workers,
+        run=run,
+        metrics_log=_open_run_folder(run, env, append=bool(cfg.resume)),
+        start_weights=start_weights,
+    )
+    _log_start(t, train_set)
+    return t, state
+
+
+def _train_loader(
+    cfg: FitConfig, env: Dist, bundle: CLIPBundle, train_set: PairSet, workers: int
+) -> tuple[DistributedSampler, DataLoader]:
     dataset = PairDataset(train_set.pairs, bundle.preprocess(train=cfg.augment), bundle.tokenizer)
     # One sampler for 1 or N processes: the union of the N per-rank batches of step k is the
     # single-process batch of step k, so results don't depend on the number of processes.
     sampler = DistributedSampler(
         dataset, num_replicas=env.world_size, rank=env.rank, shuffle=True, seed=cfg.seed
     )
-    # Causal mask + argmax pooling: each text batch is cut to its longest caption, and the model
-    # forward runs the text tower at that length (same loss and gradients, less work).
-    real_length = supports_trimming(bundle.model_cfg)
     loader = DataLoader(
         dataset,
         batch_size=cfg.batch_size // env.world_size // cfg.grad_accum_steps or 1,
         sampler=sampler,
-        collate_fn=trimmed_collate if real_length else None,
+        collate_fn=trimmed_collate if supports_trimming(bundle.model_cfg) else None,
         num_workers=workers,
         pin_memory=env.device.type == "cuda",
         persistent_workers=workers > 0,
     )
-    optimizer = make_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "amp")
-    loss_fn = create_loss(cfg.loss)
-    steps_per_epoch = math.ceil(len(loader) / cfg.grad_accum_steps)
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or math.inf)
+    return sampler, loader
 
-    run = Run(output=out, config=_run_config(cfg, bundle, env))
-    start_epoch, step, patience_left = 0, 0, cfg.early_stopping_patience
-    if cfg.resume:
-        start_epoch, step, run.best, patience_left = _load_checkpoint(
-            out / CHECKPOINT, model, optimizer, scaler
-        )
-        log.info("resumed %s at epoch %d, step %d", out, start_epoch, step)
-    train_model = RealLengthCLIP(model) if real_length else model
-    ddp_model = (
-        DistributedDataParallel(
-            train_model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
-        )
-        if env.world_size > 1
-        else train_model
+
+def _step_model(bundle: CLIPBundle, env: Dist) -> torch.nn.Module:
+    # Causal mask + argmax pooling: each text batch is cut to its longest caption, and the model
+    # forward runs the text tower at that length (same loss and gradients, less work).
+    real_length = supports_trimming(bundle.model_cfg)
+    return data_parallel(RealLengthCLIP(bundle.model) if real_length else bundle.model, env)
+
+
+def _start_state(
+    cfg: FitConfig,
+    out: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> TrainState:
+    if not cfg.resume:
+        return TrainState(patience_left=cfg.early_stopping_patience)
+    state = load_checkpoint(out / CHECKPOINT, model, optimizer, scaler)
+    log.info("resumed %s at epoch %d, step %d", out, state.epoch, state.step)
+    return state
+
+
+def _open_run_folder(run: Run, env: Dist, append: bool) -> MetricsLog:
+    """Main process: create the run folder, write its config and open its metrics log."""
+    if not env.is_main:
+        return MetricsLog(None)
+    run.output.mkdir(parents=True, exist_ok=True)
+    write_json(run.output / RUN_CONFIG, run.config)
+    return MetricsLog(run.output / METRICS_FILE, append=append)
+
+
+def _log_start(t: _Training, train_set: PairSet) -> None:
+    if not t.env.is_main:
+        return
+    log.info(
+        "training %s on %d pairs (%d images), %d epochs = %d steps, global batch %d, %s x%d",
+        t.bundle.spec,
+        len(train_set.pairs),
+        len(train_set.images()),
+        t.cfg.epochs,
+        t.total_steps,
+        t.cfg.batch_size,
+        t.env.device,
+        t.env.world_size,
     )
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    metrics_log = MetricsLog(out / METRICS_FILE if env.is_main else None, append=bool(cfg.resume))
-    if env.is_main:
-        write_json(out / RUN_CONFIG, run.config)
-        log.info(
-            "training %s on %d pairs (%d images), %d epochs = %d steps, global batch %d, %s x%d",
-            bundle.spec,
-            len(train_set.pairs),
-            len(train_set.images()),
-            cfg.epochs,
-            total_steps,
-            cfg.batch_size,
-            env.device,
-            env.world_size,
-        )
 
-    def evaluate(epoch: int) -> dict[str, Any]:
-        metrics = evaluate_bundle(
-            bundle, eval_set, cfg.recall_k, workers=workers, progress=cfg.progress
-        )
-        record = {"type": "eval", "epoch": epoch, "step": step, **metrics}
-        run.eval_metrics.append(record)
-        metrics_log.write(record)
-        return record
 
-    if eval_set is not None and env.is_main and start_epoch == 0:
-        log.info("zero-shot: %s", _fmt(evaluate(0), cfg))
+# --- train -------------------------------------------------------------------------------------
 
-    # --- train ------------------------------------------------------------------------------
-    samples_seen, train_time = 0, 0.0
-    stop = False
-    for epoch in range(start_epoch, cfg.epochs):
-        sampler.set_epoch(epoch)
-        model.train()
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch + 1}/{cfg.epochs}",
-            disable=not (cfg.progress and env.is_main),
-            dynamic_ncols=True,
-        )
-        tick = time.perf_counter()
-        micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, (images, texts) in enumerate(loader):
-            micro_batches.append(
-                (images.to(env.device, non_blocking=True), texts.to(env.device, non_blocking=True))
-            )
-            if len(micro_batches) < cfg.grad_accum_steps and i + 1 < len(loader):
-                continue
-            lr = lr_at(step, total_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg, env)
-            batch_samples = sum(len(images) for images, _ in micro_batches) * env.world_size
-            micro_batches = []
-            if cfg.grad_clip_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-            step += 1
-            now = time.perf_counter()
-            samples_seen += batch_samples
-            train_time += now - tick
-            record = {
-                "type": "train",
-                "epoch": epoch + 1,
-                "step": step,
-                "loss": loss.item(),
-                "lr": lr,
-                "samples_per_s": batch_samples / max(now - tick, 1e-9),
-                "logit_scale": model.logit_scale.exp().item(),
-            }
-            tick = now
-            run.train_loss.append(record["loss"])
-            metrics_log.write(record)
-            bar.set_postfix(
-                loss=f"{record['loss']:.4f}",
-                lr=f"{lr:.2e}",
-                samples_s=f"{samples_seen / max(train_time, 1e-9):.1f}",
-            )
-            bar.update()
-            if step >= total_steps:
-                break
-        bar.close()
 
-        # --- evaluate, keep the best, early-stop ---------------------------------------------
-        last_epoch = epoch + 1 == cfg.epochs or step >= total_steps
-        if env.is_main:
-            if eval_set is not None and ((epoch + 1) % cfg.eval_every == 0 or last_epoch):
-                record = evaluate(epoch + 1)
-                log.info("epoch %d: %s", epoch + 1, _fmt(record, cfg))
-                if run.best is None or record[cfg.monitor] > run.best[cfg.monitor]:
-                    run.best = record
-                    patience_left = cfg.early_stopping_patience
-                    save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
-                elif patience_left is not None:
-                    patience_left -= 1
-                    stop = patience_left <= 0
-                    if stop:
-                        log.info("early stopping: %s did not improve", cfg.monitor)
-            elif eval_set is None:
-                save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
-            _save_checkpoint(
-                out / CHECKPOINT, model, optimizer, scaler, epoch + 1, step, run.best, patience_left
-            )
-        stop = _broadcast_flag(stop or last_epoch, env)
-        if stop:
+def _train_epoch(t: _Training, state: TrainState, epoch: int) -> None:
+    """One pass over the training data, or up to the last step: one record per optimiser step."""
+    cfg = t.cfg
+    t.sampler.set_epoch(epoch)
+    t.model.train()
+    bar = tqdm(
+        total=t.steps_per_epoch,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not (cfg.progress and t.env.is_main),
+        dynamic_ncols=True,
+    )
+    tick = time.perf_counter()
+    for batch in micro_batches(t.loader, cfg.grad_accum_steps, t.env.device):
+        lr = lr_at(state.step, t.total_steps, cfg)
+        loss = _optimizer_step(t, batch, lr)
+        state.step += 1
+        now = time.perf_counter()
+        samples = sum(len(images) for images, _ in batch) * t.env.world_size
+        t.throughput.add(samples, now - tick)
+        record = {
+            "type": "train",
+            "epoch": epoch + 1,
+            "step": state.step,
+            "loss": loss.item(),
+            "lr": lr,
+            "samples_per_s": samples / max(now - tick, 1e-9),
+            "logit_scale": t.model.logit_scale.exp().item(),
+        }
+        tick = now
+        _log_step(t, record, bar)
+        if state.step >= t.total_steps:
             break
-
-    # --- finish: best weights, optional WiSE-FT, the artifact -------------------------------
-    if env.is_main:
-        if run.best is not None:
-            load_towers_into(model, out)
-        if initial_state is not None:
-            _wise_ft(model, initial_state, cfg.wise_ft)
-            save_towers(bundle, out, dtype=_dtype(cfg.save_dtype))
-            if eval_set is not None:
-                record = evaluate(-1)
-                record["wise_ft"] = cfg.wise_ft
-                log.info("WiSE-FT alpha=%s: %s", cfg.wise_ft, _fmt(record, cfg))
-        run.steps = step
-        run.samples_per_second = samples_seen / max(train_time, 1e-9)
-        run.config.update(
-            logit_scale=model.logit_scale.item(),
-            logit_bias=_item_or_none(getattr(model, "logit_bias", None)),
-            steps=step,
-            best=run.best,
-            samples_per_second=run.samples_per_second,
-        )
-        write_json(out / RUN_CONFIG, run.config)
-        log.info("wrote %s and %s", run.text_tower, run.vision_tower)
-    metrics_log.close()
-    if env.world_size > 1:
-        dist.barrier()
-    return run
+    bar.close()
 
 
-def contrastive_backward(ddp_model, micro_batches, loss_fn, scaler, cfg: FitConfig, env: _Dist):
-    """Backpropagate the contrastive loss of the whole (accumulated) batch; returns the loss.
-
-    With several micro-batches, the features of all of them are first computed without
-    gradients; then each micro-batch is run again with gradients and its fresh features are
-    spliced in among the cached ones, so every micro-batch's loss has the whole batch as
-    negatives (as open_clip's --accum-freq does). The per-micro-batch gradients sum to the
-    full-batch gradient, except for the temperature, which each pass sees whole.
-    """
-    amp = autocast_for(cfg.precision, env.device)
-    if len(micro_batches) == 1:
-        images, texts = micro_batches[0]
-        with amp:
-            image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
-            loss = loss_fn(image_features, text_features, logit_scale)
-        scaler.scale(loss).backward()
-        return loss
-    with torch.no_grad(), amp:
-        cached = [ddp_model(images, texts)[:2] for images, texts in micro_batches]
-    for j, (images, texts) in enumerate(micro_batches):
-        last = j + 1 == len(micro_batches)
-        # gradients are all-reduced once, after the last micro-batch
-        sync = nullcontext() if last or env.world_size == 1 else ddp_model.no_sync()
-        with sync:
-            with amp:
-                image_features, text_features, logit_scale = ddp_model(images, texts)[:3]
-                all_images = torch.cat(
-                    [image_features if k == j else c[0] for k, c in enumerate(cached)]
-                )
-                all_texts = torch.cat(
-                    [text_features if k == j else c[1] for k, c in enumerate(cached)]
-                )
-                loss = loss_fn(all_images, all_texts, logit_scale)
-            scaler.scale(loss).backward()
-    temperature = _unwrap(ddp_model).logit_scale
-    if temperature.grad is not None:
-        temperature.grad /= len(micro_batches)
+def _optimizer_step(t: _Training, batch: list[MicroBatch], lr: float) -> torch.Tensor:
+    """Backward over the whole batch, then one clipped, scaled optimiser step; returns the loss."""
+    for group in t.optimizer.param_groups:
+        group["lr"] = lr
+    amp = autocast_for(t.cfg.precision, t.env.device)
+    loss = contrastive_backward(t.step_model, batch, t.loss_fn, t.scaler, amp)
+    if t.cfg.grad_clip_norm:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip_norm)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    t.optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        t.model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
     return loss
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
+def _log_step(t: _Training, record: dict[str, Any], bar: tqdm) -> None:
+    t.run.train_loss.append(record["loss"])
+    t.metrics_log.write(record)
+    bar.set_postfix(
+        loss=f"{record['loss']:.4f}",
+        lr=f"{record['lr']:.2e}",
+        samples_s=f"{t.throughput.per_second:.1f}",
+    )
+    bar.update()
 
 
-# --- helpers ---------------------------------------------------------------------------------
+# --- evaluate, keep the best, checkpoint --------------------------------------------------------
 
 
-def _run_config(cfg: FitConfig, bundle: CLIPBundle, env: _Dist) -> dict[str, Any]:
+def _evaluate(t: _Training, state: TrainState, epoch: int) -> dict[str, Any]:
+    """Recall@k on the evaluation data, recorded; `epoch` 0 is zero-shot, -1 after WiSE-FT."""
+    metrics = evaluate_bundle(
+        t.bundle, t.eval_set, t.cfg.recall_k, workers=t.workers, progress=t.cfg.progress
+    )
+    record = {"type": "eval", "epoch": epoch, "step": state.step, **metrics}
+    t.run.eval_metrics.append(record)
+    t.metrics_log.write(record)
+    return record
+
+
+def _evaluate_zero_shot(t: _Training, state: TrainState) -> None:
+    if t.eval_set is not None and t.env.is_main and state.epoch == 0:
+        log.info("zero-shot: %s", _fmt(_evaluate(t, state, 0), t.cfg))
+
+
+def _evaluate_and_select(t: _Training, state: TrainState, last_epoch: bool) -> bool:
+    """After an epoch, on the main process: evaluate when due, and save the towers when they are
+    the best so far (without evaluation data, always). True to stop early."""
+    cfg = t.cfg
+    if not t.env.is_main:
+        return False
+    if t.eval_set is None:
+        _save_towers(t)
+        return False
+    if state.epoch % cfg.eval_every and not last_epoch:
+        return False
+    record = _evaluate(t, state, state.epoch)
+    log.info("epoch %d: %s", state.epoch, _fmt(record, cfg))
+    if state.add_evaluation(record, cfg.monitor, cfg.early_stopping_patience):
+        _save_towers(t)
+        return False
+    if state.out_of_patience:
+        log.info("early stopping: %s did not improve", cfg.monitor)
+    return state.out_of_patience
+
+
+def _checkpoint(t: _Training, state: TrainState) -> None:
+    if t.env.is_main:
+        save_checkpoint(t.out / CHECKPOINT, state, t.model, t.optimizer, t.scaler)
+
+
+def _save_towers(t: _Training) -> None:
+    save_towers(t.bundle, t.out, dtype=_dtype(t.cfg.save_dtype))
+
+
+# --- finish ------------------------------------------------------------------------------------
+
+
+def _finish(t: _Training, state: TrainState) -> None:
+    """Main process: the best weights, optionally WiSE-FT'd, as the artifact, and the run's
+    config with what was measured. Every process then waits for it."""
+    t.run.best = state.best
+    if t.env.is_main:
+        if state.best is not None:
+            load_towers_into(t.model, t.out)
+        if t.start_weights is not None:
+            _apply_wise_ft(t, state)
+        _write_final_config(t, state)
+    t.metrics_log.close()
+    barrier(t.env)
+
+
+def _apply_wise_ft(t: _Training, state: TrainState) -> None:
+    _wise_ft(t.model, t.start_weights, t.cfg.wise_ft)
+    _save_towers(t)
+    if t.eval_set is not None:
+        record = _evaluate(t, state, -1)
+        record["wise_ft"] = t.cfg.wise_ft
+        log.info("WiSE-FT alpha=%s: %s", t.cfg.wise_ft, _fmt(record, t.cfg))
+
+
+def _write_final_config(t: _Training, state: TrainState) -> None:
+    run = t.run
+    run.steps = state.step
+    run.samples_per_second = t.throughput.per_second
+    run.config.update(
+        logit_scale=t.model.logit_scale.item(),
+        logit_bias=_item_or_none(getattr(t.model, "logit_bias", None)),
+        steps=state.step,
+        best=state.best,
+        samples_per_second=run.samples_per_second,
+    )
+    write_json(t.out / RUN_CONFIG, run.config)
+    log.info("wrote %s and %s", run.text_tower, run.vision_tower)
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def _run_config(cfg: FitConfig, bundle: CLIPBundle, env: Dist) -> dict[str, Any]:
     return {
         "model": bundle.spec,
         "model_name": bundle.model_name,
@@ -552,30 +605,6 @@ def _dtype(name: str) -> torch.dtype:
     return torch.float16 if name == "float16" else torch.float32
 
 
-def _save_checkpoint(path, model, optimizer, scaler, epoch, step, best, patience_left) -> None:
-    state = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "step": step,
-        "best": best,
-        "patience_left": patience_left,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _load_checkpoint(path: Path, model, optimizer, scaler):
-    if not path.is_file():
-        raise FileNotFoundError(f"cannot resume: {path} not found (is this a `finetune fit` run?)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    return ckpt["epoch"], ckpt["step"], ckpt["best"], ckpt["patience_left"]
-
-
 def _wise_ft(model: torch.nn.Module, initial_state: dict[str, torch.Tensor], alpha: float) -> None:
     """WiSE-FT: theta = (1 - alpha) * theta_start + alpha * theta_finetuned."""
     state = model.state_dict()
@@ -583,11 +612,3 @@ def _wise_ft(model: torch.nn.Module, initial_state: dict[str, torch.Tensor], alp
         if value.is_floating_point():
             state[key] = (1 - alpha) * initial_state[key].to(value.device) + alpha * value
     model.load_state_dict(state)
-
-
-def _broadcast_flag(flag: bool, env: _Dist) -> bool:
-    if env.world_size == 1:
-        return flag
-    t = torch.tensor([int(flag)], device=env.device)
-    dist.broadcast(t, src=0)
-    return bool(t.item())

@@ -1,11 +1,13 @@
-"""CLIPLoss is numerically open_clip's ClipLoss, and it learns."""
+"""CLIPLoss is numerically open_clip's ClipLoss, and it learns; losses are chosen by name."""
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from finetune.loss import CLIPLoss, create_loss
+from finetune.cli import build_parser
+from finetune.loss import LOSSES, CLIPLoss, create_loss
+from finetune.train import FitConfig
 
 
 @pytest.mark.parametrize("batch,dim,scale", [(8, 16, 1 / 0.07), (33, 64, 100.0), (2, 4, 1.0)])
@@ -36,3 +38,13 @@ def test_matched_pairs_give_low_loss_and_shuffled_high():
 def test_unknown_loss_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown loss 'Triplet'.*CLIPLoss"):
         create_loss("Triplet")
+
+
+def test_fit_and_its_command_line_offer_exactly_the_registered_losses(capsys):
+    assert FitConfig.choices()["loss"] == tuple(LOSSES)
+    assert FitConfig().loss in LOSSES
+    with pytest.raises(ValueError, match=r"loss must be one of \('CLIPLoss',\), got 'Triplet'"):
+        FitConfig(train_data="pairs.csv", loss="Triplet").validate()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["fit", "--help"])
+    assert "--loss {CLIPLoss}" in capsys.readouterr().out

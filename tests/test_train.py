@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 
 from finetune import fit
 from finetune.artifact import split_state_dict
+from finetune.checkpoint import CHECKPOINT, load_checkpoint
 from finetune.models import create_clip
+from finetune.train import FitConfig, make_optimizer
 
 COMMON = dict(model="ViT-Tiny-8", batch_size=16, workers=0, progress=False)
 
@@ -57,6 +59,36 @@ def test_resume_continues_where_it_stopped(sample_dir, tmp_path):
     assert steps == list(range(1, resumed.steps + 1))
     assert resumed.steps == 2 * first.steps
     assert {r["epoch"] for r in _records(out, "train")} == {1, 2}
+
+
+def test_a_resumed_run_equals_an_uninterrupted_one(sample_dir, tmp_path):
+    """Stopped after epoch 1 and resumed: the same steps, losses, best epoch and weights, and
+    the checkpoint's state continues from where the first part's left off."""
+    data = dict(train_data=str(sample_dir.train_file), eval_data=str(sample_dir.test_file))
+    common = {**COMMON, **data, "learning_rate": 1e-3, "optimizer": "adamw"}
+    whole = fit(output=str(tmp_path / "whole"), epochs=2, **common)
+
+    part = fit(output=str(tmp_path / "parts"), epochs=1, **common)
+    stopped = _checkpoint_state(part.output)
+    assert (stopped.epoch, stopped.step, stopped.best) == (1, part.steps, part.best)
+    resumed = fit(resume=str(part.output), epochs=2, **common)
+
+    assert part.train_loss + resumed.train_loss == pytest.approx(whole.train_loss, rel=1e-6)
+    steps = [(r["epoch"], r["step"]) for r in _records(whole.output, "train")]
+    assert [(r["epoch"], r["step"]) for r in _records(part.output, "train")] == steps
+    assert resumed.best == whole.best
+    assert _checkpoint_state(resumed.output) == _checkpoint_state(whole.output)
+    for tower in ("clip-text", "clip-vision"):
+        w1, w2 = _tower_state(whole.output, tower), _tower_state(resumed.output, tower)
+        for key in w1:
+            torch.testing.assert_close(w2[key], w1[key], msg=key)
+
+
+def _checkpoint_state(run_dir):
+    model = create_clip("ViT-Tiny-8").model
+    optimizer = make_optimizer(model, FitConfig(optimizer="adamw"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return load_checkpoint(Path(run_dir) / CHECKPOINT, model, optimizer, scaler)
 
 
 def test_resume_without_checkpoint_is_a_clear_error(sample_dir, tmp_path):
