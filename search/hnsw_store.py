@@ -52,6 +52,8 @@ import hnswlib
 import numpy as np
 
 from finetune import atomic
+from search.exact_knn import exact_knn
+from search.filter_planner import plan
 from search.filters import Filter, TagIndex, parse_filter
 
 log = logging.getLogger(__name__)
@@ -65,11 +67,6 @@ UNRECORDED = "unrecorded"
 _ADD_CHUNK = 10_000  # rows per hnswlib.add_items call while rebuilding or catching up
 _USER_META = "user."  # prefix of the callers' keys in the meta table (`get_meta`)
 _NO_TAGS = "{}"  # one shared string for the common case, in the in-memory field table
-# The cost model that picks a filtered search's path (`_plan`), in seconds at dim 512 and ef 64
-# on a 2-core machine (measured with benchmarks/bench_filter.py); only their ratios matter.
-_FETCH_S = 8e-6  # reading one matching vector from SQLite for an exact scan
-_DOT_S = 7e-9  # one query-vector product of that scan (a batched matmul)
-_WALK_S = 2.5e-4  # one filtered graph walk, per unit of 1 / (fraction of items matching)
 
 # 16 KiB pages: with SQLite's default 4 KiB, one page holds a single 2 KiB (dim 512) vector row.
 _PAGE_SIZE = 16_384
@@ -722,15 +719,8 @@ class HNSWStore:
         return self._exact(q, k_found, matching)
 
     def _plan(self, n_queries: int, n_matching: int, ef: int) -> str:
-        """ "walk" (filtered graph search) or "scan" (exact over the matching vectors), whichever
-        the cost model expects to be quicker for this batch. A scan reads each matching vector
-        once for the whole batch, so it wins for selective filters and for large batches; a
-        walk costs about as much per query as an unfiltered one divided by the fraction of
-        items that match."""
-        scale = self._dim / 512
-        scan = n_matching * (_FETCH_S + n_queries * _DOT_S * scale)
-        walk = n_queries * _WALK_S * scale * (ef / 64) * self.count / n_matching
-        return "scan" if scan <= walk else "walk"
+        """ "walk" or "scan" for a filtered batch (`search.filter_planner.plan`)."""
+        return plan(n_queries, n_matching, self.count, self._dim, ef).path
 
     def _exact(self, q: np.ndarray, k: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` by cosine among ``labels``, from the vectors in SQLite."""
@@ -740,15 +730,7 @@ class HNSWStore:
         ).fetchall()
         found = np.fromiter((label for label, _ in rows), np.int64, len(rows))
         vectors = np.frombuffer(b"".join(blob for _, blob in rows), np.float32)
-        vectors = vectors.reshape(len(rows), self._dim)
-        unit = q / np.linalg.norm(q, axis=1, keepdims=True)
-        # hnswlib's cosine distance, 1 - dot of unit vectors, so that scores match a walk's
-        distances = 1.0 - unit @ vectors.T
-        k = min(k, len(rows))
-        top = np.argpartition(distances, k - 1, axis=1)[:, :k]
-        top_d = np.take_along_axis(distances, top, axis=1)
-        order = np.argsort(top_d, axis=1, kind="stable")
-        return found[np.take_along_axis(top, order, axis=1)], np.take_along_axis(top_d, order, 1)
+        return exact_knn(q, k, found, vectors.reshape(len(rows), self._dim))
 
     # ------------------------------------------------------------------ open and snapshot
 
