@@ -53,6 +53,7 @@ import numpy as np
 
 from finetune import atomic
 from search.exact_knn import exact_knn
+from search.field_mirror import FieldMirror, Hit
 from search.filter_planner import plan
 from search.filters import Filter, TagIndex, parse_filter
 
@@ -66,7 +67,6 @@ _FORMAT = 2  # version of the tables' layout, checked on open (1 is migrated, se
 UNRECORDED = "unrecorded"
 _ADD_CHUNK = 10_000  # rows per hnswlib.add_items call while rebuilding or catching up
 _USER_META = "user."  # prefix of the callers' keys in the meta table (`get_meta`)
-_NO_TAGS = "{}"  # one shared string for the common case, in the in-memory field table
 
 # 16 KiB pages: with SQLite's default 4 KiB, one page holds a single 2 KiB (dim 512) vector row.
 _PAGE_SIZE = 16_384
@@ -88,16 +88,6 @@ CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, seq INTEGER NO
 CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones(seq);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-
-
-class Hit(NamedTuple):
-    """One search result, a plain tuple ``(id, score, uri, text, tags)``."""
-
-    id: str
-    score: float
-    uri: str | None
-    text: str | None
-    tags: dict[str, Any]
 
 
 class Record(NamedTuple):
@@ -194,9 +184,6 @@ class HNSWStore:
         self._graph_live = 0  # live labels in the graph; equals count once caught up
         self._snapshot_seq: int | None = None
         self._changes_since_snapshot = 0
-        # label -> (id, uri, text, tags JSON) of every live item: what a search returns
-        self._fields: dict[int, tuple[str, str | None, str | None, str]] = {}
-        self._tags = TagIndex()  # the tags of the same items, by value, for filters
         # One writer per directory: a second store (e.g. a Jina replica sharing the shard's
         # workspace) would commit rows that this one's graph never sees.
         self._dir_lock = _lock_directory(self.path / LOCK_FILE)
@@ -206,7 +193,9 @@ class HNSWStore:
             self._dim = self._init_meta(None if dim is None else int(dim))
             self._seq = int(self._meta("last_seq", "0"))
             self._next_label = int(self._meta("next_label", "0"))
-            self._load_fields()
+            self._fields = FieldMirror(
+                self._db.execute("SELECT label, id, uri, text, tags FROM items")
+            )
             self._open_graph()
         except BaseException:
             if self._db is not None:
@@ -379,10 +368,7 @@ class HNSWStore:
                 labels, distances = self._knn(q, k, ef)
             # float32 rounding can put a self-match a hair above 1
             scores = np.minimum(1.0 - distances, 1.0).tolist()
-            return [
-                _hits(self._fields, label_row, score_row)
-                for label_row, score_row in zip(labels.tolist(), scores, strict=True)
-            ]
+            return self._fields.hits(labels.tolist(), scores)
 
     def status(self) -> dict[str, Any]:
         """Counts and parameters of the index (JSON-serialisable)."""
@@ -401,7 +387,7 @@ class HNSWStore:
                 "seq": self._seq,
                 "snapshot_seq": self._snapshot_seq,
                 "path": str(self.path),
-                "tags": self._tags.summary(),
+                "tags": self._fields.tags.summary(),
             }
 
     def snapshot(self) -> None:
@@ -433,8 +419,7 @@ class HNSWStore:
                 self._db.close()
                 self._db = None
                 self._index = None
-                self._fields = {}
-                self._tags = TagIndex()
+                self._fields = FieldMirror()
                 self._dir_lock.close()  # releases the flock
 
     def __enter__(self) -> HNSWStore:
@@ -537,32 +522,6 @@ class HNSWStore:
             for doc_id, label, blob, u, t, g, source in rows
         }
 
-    def _load_fields(self) -> None:
-        rows = self._db.execute("SELECT label, id, uri, text, tags FROM items")
-        self._fields = {
-            label: _field_entry(doc_id, uri, text, tags) for label, doc_id, uri, text, tags in rows
-        }
-        self._tags = TagIndex()
-        for label, (_, _, _, tags) in self._fields.items():
-            if tags is not _NO_TAGS:
-                self._tags.add(label, json.loads(tags))
-        self._tags.compact()
-
-    def _set_fields(
-        self, label: int, entry: tuple[str, str | None, str | None, str] | None
-    ) -> None:
-        """Replace (None: drop) a label's entry in the field table and re-index its tags."""
-        old = self._fields.pop(label, None) if entry is None else self._fields.get(label)
-        old_tags = None if old is None else old[3]
-        new_tags = None if entry is None else entry[3]
-        if entry is not None:
-            self._fields[label] = entry
-        if old_tags != new_tags:
-            if old_tags not in (None, _NO_TAGS):
-                self._tags.remove(label, json.loads(old_tags))
-            if new_tags not in (None, _NO_TAGS):
-                self._tags.add(label, json.loads(new_tags))
-
     def _write(
         self,
         rows: list[_Row],
@@ -607,9 +566,9 @@ class HNSWStore:
                 self._set_meta(**{f"{_USER_META}{k}": v for k, v in meta.items()})
         self._seq = seq
         for r in rows:
-            self._set_fields(r.label, _field_entry(r.id, r.uri, r.text, r.tags_json))
+            self._fields.set(r.label, r.id, r.uri, r.text, r.tags_json)
         for label in deletes.values():
-            self._set_fields(label, None)
+            self._fields.drop(label)
         try:
             self._apply(reindex, existing, list(deletes.values()))
         except Exception:  # the commit stands: make the graph agree with SQLite again
@@ -692,14 +651,14 @@ class HNSWStore:
                     ef = min(2 * ef, total)
         finally:
             graph.set_ef(self.ef)
-        return self._exact(q, k, np.fromiter(self._fields, np.int64, len(self._fields)))
+        return self._exact(q, k, self._fields.labels())
 
     def _filtered_knn(
         self, q: np.ndarray, k: int, ef: int, flt: Filter
     ) -> tuple[np.ndarray, np.ndarray]:
         """(labels, distances) of the top ``min(k, matching items)`` among the items matching
         ``flt``, best first."""
-        mask = self._tags.mask(flt, self._next_label)
+        mask = self._fields.mask(flt, self._next_label)
         matching = np.flatnonzero(mask)
         k_found = min(k, matching.size)
         if k_found == 0:
@@ -731,6 +690,11 @@ class HNSWStore:
         found = np.fromiter((label for label, _ in rows), np.int64, len(rows))
         vectors = np.frombuffer(b"".join(blob for _, blob in rows), np.float32)
         return exact_knn(q, k, found, vectors.reshape(len(rows), self._dim))
+
+    @property
+    def _tags(self) -> TagIndex:
+        """The tag index (benchmarks/bench_filter.py reports its size)."""
+        return self._fields.tags
 
     # ------------------------------------------------------------------ open and snapshot
 
@@ -909,30 +873,6 @@ def _duplicate_errors(ids: Sequence[Any]) -> list[str | None]:
         None if last[doc_id] == i else f"duplicate id {doc_id!r}: a later item in the request wins"
         for i, doc_id in enumerate(ids)
     ]
-
-
-def _field_entry(
-    doc_id: str, uri: str | None, text: str | None, tags_json: str
-) -> tuple[str, str | None, str | None, str]:
-    """An item's entry in the in-memory field table; empty tags share one string, which
-    `_hits` recognises by identity."""
-    return doc_id, uri, text, _NO_TAGS if tags_json == _NO_TAGS else tags_json
-
-
-def _hits(fields: dict[int, tuple], labels: list[int], scores: list[float]) -> list[Hit]:
-    """One query's hits. The hot loop of a search: a plain loop and `tuple.__new__` (skipping
-    the NamedTuple's Python-level constructor) cut its cost per hit by about a third."""
-    out = []
-    for label, score in zip(labels, scores, strict=True):
-        item = fields.get(label)
-        if item is not None:
-            doc_id, uri, text, tags = item
-            tags = {} if tags is _NO_TAGS else json.loads(tags)
-            out.append(_new_tuple(Hit, (doc_id, score, uri, text, tags)))
-    return out
-
-
-_new_tuple = tuple.__new__
 
 
 def _chunks(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
