@@ -37,16 +37,14 @@ A plain library (no jina) so that it can be tested and benchmarked on its own.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import os
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any
 
 import hnswlib
 import numpy as np
@@ -56,62 +54,24 @@ from search.exact_knn import exact_knn
 from search.field_mirror import FieldMirror, Hit
 from search.filter_planner import plan
 from search.filters import Filter, TagIndex, parse_filter
+from search.item_db import DB_FILE, UNRECORDED, ItemDB, Record, Row
+
+__all__ = [
+    "DB_FILE",
+    "LOCK_FILE",
+    "SNAPSHOT_META",
+    "UNRECORDED",
+    "HNSWStore",
+    "Hit",
+    "Record",
+    "check_vector",
+]
 
 log = logging.getLogger(__name__)
 
-DB_FILE = "store.sqlite"
 LOCK_FILE = "lock"
 SNAPSHOT_META = "snapshot.json"
-_FORMAT = 2  # version of the tables' layout, checked on open (1 is migrated, see `_migrate`)
-# `embedded_by` of the rows a format-1 store held: what made their embedding was not recorded.
-UNRECORDED = "unrecorded"
 _ADD_CHUNK = 10_000  # rows per hnswlib.add_items call while rebuilding or catching up
-_USER_META = "user."  # prefix of the callers' keys in the meta table (`get_meta`)
-
-# 16 KiB pages: with SQLite's default 4 KiB, one page holds a single 2 KiB (dim 512) vector row.
-_PAGE_SIZE = 16_384
-# Vectors live apart from the other fields so that the rows a search reads (by label, the rowid)
-# are small and dense: measured 2.5x faster than one wide table at 100k x 512.
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS items (
-    label INTEGER PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    seq INTEGER NOT NULL,
-    uri TEXT,
-    text TEXT,
-    tags TEXT NOT NULL DEFAULT '{}',
-    embedded_by TEXT
-);
-CREATE INDEX IF NOT EXISTS items_seq ON items(seq);
-CREATE TABLE IF NOT EXISTS vectors (label INTEGER PRIMARY KEY, embedding BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
-CREATE INDEX IF NOT EXISTS tombstones_seq ON tombstones(seq);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-
-class Record(NamedTuple):
-    """A stored item as returned by `HNSWStore.get` (``embedding`` is the normalised vector;
-    ``embedded_by`` what the writer said made it, None when it said nothing)."""
-
-    id: str
-    embedding: np.ndarray
-    uri: str | None
-    text: str | None
-    tags: dict[str, Any]
-    embedded_by: str | None = None
-
-
-class _Row(NamedTuple):
-    """A row ready to be written: label assigned, vector normalised, tags JSON-encoded."""
-
-    id: str
-    label: int
-    vector: np.ndarray
-    uri: str | None
-    text: str | None
-    tags_json: str
-    embedded_by: str | None = None
 
 
 def check_vector(vec: Any, dim: int | None) -> tuple[np.ndarray | None, str | None]:
@@ -187,15 +147,11 @@ class HNSWStore:
         # One writer per directory: a second store (e.g. a Jina replica sharing the shard's
         # workspace) would commit rows that this one's graph never sees.
         self._dir_lock = _lock_directory(self.path / LOCK_FILE)
-        self._db: sqlite3.Connection | None = None
+        self._closed = False
+        self._db: ItemDB | None = None
         try:
-            self._db = _connect(self.path / DB_FILE)
-            self._dim = self._init_meta(None if dim is None else int(dim))
-            self._seq = int(self._meta("last_seq", "0"))
-            self._next_label = int(self._meta("next_label", "0"))
-            self._fields = FieldMirror(
-                self._db.execute("SELECT label, id, uri, text, tags FROM items")
-            )
+            self._db = ItemDB(self.path, None if dim is None else int(dim))
+            self._fields = FieldMirror(self._db.field_rows())
             self._open_graph()
         except BaseException:
             if self._db is not None:
@@ -208,7 +164,7 @@ class HNSWStore:
     @property
     def dim(self) -> int | None:
         """Vector dimension (None until the first vector is stored)."""
-        return self._dim
+        return self._db.dim
 
     @property
     def count(self) -> int:
@@ -250,9 +206,9 @@ class HNSWStore:
                             tags_json,
                             _optional_str(embedded_by[i]),
                         )
-            labels = self._labels_of(list(valid))
+            labels = self._db.labels_of(list(valid))
             rows = [
-                _Row(doc_id, labels[doc_id] if doc_id in labels else self._take_label(), *fields)
+                Row(doc_id, labels[doc_id] if doc_id in labels else self._db.take_label(), *fields)
                 for doc_id, fields in valid.items()
             ]
             self._write(rows, reindex=rows, existing=set(labels.values()), meta=meta)
@@ -282,7 +238,7 @@ class HNSWStore:
         errors = _duplicate_errors(ids)
         with self._lock:
             self._check_open()
-            current = self._fetch([i for i in ids if isinstance(i, str)])
+            current = self._db.fetch([i for i in ids if isinstance(i, str)])
             rows, reindex = [], []
             for i, doc_id in enumerate(ids):
                 if errors[i] is not None:
@@ -293,7 +249,7 @@ class HNSWStore:
                 label, old = current[doc_id]
                 vec, vec_error = (old.embedding, None)
                 if embeddings[i] is not None:
-                    vec, vec_error = check_vector(embeddings[i], self._dim)
+                    vec, vec_error = check_vector(embeddings[i], self._db.dim)
                 tags_json, tags_error = _encode_tags(old.tags if tags[i] is None else tags[i])
                 errors[i] = vec_error or tags_error
                 if errors[i] is None:
@@ -302,7 +258,7 @@ class HNSWStore:
                     source = old.embedded_by
                     if embeddings[i] is not None:
                         source = _optional_str(embedded_by[i])
-                    rows.append(_Row(doc_id, label, vec, new_uri, new_text, tags_json, source))
+                    rows.append(Row(doc_id, label, vec, new_uri, new_text, tags_json, source))
                     if embeddings[i] is not None:
                         reindex.append(rows[-1])
             existing = {label for label, _ in current.values()}
@@ -314,14 +270,14 @@ class HNSWStore:
         caller records about the whole store, committed with the rows it concerns."""
         with self._lock:
             self._check_open()
-            return self._meta(f"{_USER_META}{key}")
+            return self._db.user_meta(key)
 
     def delete(self, ids: Sequence[str]) -> tuple[list[str], list[str]]:
         """Delete ids; returns ``(deleted, unknown)``, each id once, in request order."""
         wanted = list(dict.fromkeys(ids))
         with self._lock:
             self._check_open()
-            labels = self._labels_of([i for i in wanted if isinstance(i, str)])
+            labels = self._db.labels_of([i for i in wanted if isinstance(i, str)])
             self._write([], reindex=[], existing=set(), deletes=labels)
         return [i for i in wanted if i in labels], [i for i in wanted if i not in labels]
 
@@ -329,7 +285,7 @@ class HNSWStore:
         """Stored records of ``ids`` in the same order (None for unknown ids)."""
         with self._lock:
             self._check_open()
-            found = self._fetch(list(ids))
+            found = self._db.fetch(list(ids))
         return [found[i][1] if i in found else None for i in ids]
 
     def search(
@@ -379,12 +335,12 @@ class HNSWStore:
                 "count": self.count,
                 "deleted_slots": graph.element_count - self._graph_live if graph else 0,
                 "capacity": graph.get_max_elements() if graph else 0,
-                "dim": self._dim,
+                "dim": self._db.dim,
                 "space": self.space,
                 "M": self.M,
                 "ef_construction": self.ef_construction,
                 "ef": self.ef,
-                "seq": self._seq,
+                "seq": self._db.seq,
                 "snapshot_seq": self._snapshot_seq,
                 "path": str(self.path),
                 "tags": self._fields.tags.summary(),
@@ -394,30 +350,29 @@ class HNSWStore:
         """Write the graph to disk atomically so that the next open replays only later changes."""
         with self._lock:
             self._check_open()
-            if self._index is None or self._snapshot_seq == self._seq:
+            if self._index is None or self._snapshot_seq == self._db.seq:
                 return
-            name = f"index-{self._seq}.bin"
+            name = f"index-{self._db.seq}.bin"
             with atomic.atomic_path(self.path / name) as tmp:
                 self._index.save_index(str(tmp))
             atomic.write_json(self.path / SNAPSHOT_META, self._snapshot_meta(name))
-            self._snapshot_seq = self._seq
+            self._snapshot_seq = self._db.seq
             self._changes_since_snapshot = 0
             self._remove_stale_files(keep=name)
             # Tombstones only serve replays onto an older snapshot, and none is left.
-            with _transaction(self._db):
-                self._db.execute("DELETE FROM tombstones WHERE seq <= ?", (self._seq,))
+            self._db.prune_tombstones(self._db.seq)
 
     def close(self) -> None:
         """Snapshot pending changes (so that the next open is fast) and close the database."""
         with self._lock:
-            if self._db is None:
+            if self._closed:
                 return
             try:
                 if self._changes_since_snapshot:
                     self.snapshot()
             finally:
+                self._closed = True
                 self._db.close()
-                self._db = None
                 self._index = None
                 self._fields = FieldMirror()
                 self._dir_lock.close()  # releases the flock
@@ -436,17 +391,19 @@ class HNSWStore:
         """``(unit vector, tags JSON, None)`` or ``(None, None, reason)`` for one upsert item."""
         if not isinstance(doc_id, str) or not doc_id:
             return None, None, "id must be a non-empty string"
-        vec, error = check_vector(embedding, self._dim)
+        vec, error = check_vector(embedding, self._db.dim)
         tags_json, tags_error = _encode_tags(tags)
         if error or tags_error:
             return None, None, error or tags_error
-        if self._dim is None:  # the first valid vector fixes the dimension of the store
-            self._dim = vec.size
+        if self._db.dim is None:  # the first valid vector fixes the dimension of the store
+            self._db.dim = vec.size
         return vec, tags_json, None
 
     def _check_queries(self, q: np.ndarray) -> None:
-        if q.shape[1] != self._dim:
-            raise ValueError(f"queries have dimension {q.shape[1]}, the index expects {self._dim}")
+        if q.shape[1] != self._db.dim:
+            raise ValueError(
+                f"queries have dimension {q.shape[1]}, the index expects {self._db.dim}"
+            )
         if not np.isfinite(q).all():
             raise ValueError("queries contain NaN or inf")
         zero = np.flatnonzero(~q.any(axis=1))
@@ -454,78 +411,13 @@ class HNSWStore:
             raise ValueError(f"query rows {zero.tolist()} are zero vectors")
 
     def _check_open(self) -> None:
-        if self._db is None:
+        if self._closed:
             raise RuntimeError(f"HNSWStore at {self.path} is closed")
-
-    # ------------------------------------------------------------------ SQLite
-
-    def _meta(self, key: str, default: str | None = None) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return default if row is None else row[0]
-
-    def _set_meta(self, **values: Any) -> None:
-        self._db.executemany(
-            "INSERT INTO meta(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [(key, str(value)) for key, value in values.items() if value is not None],
-        )
-
-    def _init_meta(self, dim: int | None) -> int | None:
-        """Check, or record for a new store, the format version and the dimension."""
-        stored_format, stored_dim = self._meta("format"), self._meta("dim")
-        if stored_format is not None and int(stored_format) == 1:
-            self._migrate_from_1()
-        elif stored_format is not None and int(stored_format) != _FORMAT:
-            raise ValueError(
-                f"the store at {self.path} has format {stored_format}, which this version "
-                f"(format {_FORMAT}) cannot read: open it with the version that wrote it"
-            )
-        if stored_dim is not None and dim is not None and int(stored_dim) != dim:
-            raise ValueError(f"the store at {self.path} has dim {stored_dim}, not {dim}")
-        dim = int(stored_dim) if stored_dim is not None else dim
-        with _transaction(self._db):
-            self._set_meta(format=_FORMAT, dim=dim)
-        return dim
-
-    def _migrate_from_1(self) -> None:
-        """Format 1 had no ``embedded_by``: add it, marking the existing rows `UNRECORDED`."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
-        with _transaction(self._db):
-            if "embedded_by" not in columns:
-                self._db.execute("ALTER TABLE items ADD COLUMN embedded_by TEXT")
-            self._db.execute("UPDATE items SET embedded_by = ?", (UNRECORDED,))
-            self._set_meta(format=_FORMAT)
-
-    def _take_label(self) -> int:
-        label = self._next_label
-        self._next_label += 1
-        return label
-
-    def _labels_of(self, ids: list[str]) -> dict[str, int]:
-        if not ids:
-            return {}
-        # json_each binds any number of values as one parameter
-        sql = "SELECT id, label FROM items WHERE id IN (SELECT value FROM json_each(?))"
-        return dict(self._db.execute(sql, (json.dumps(ids),)).fetchall())
-
-    def _fetch(self, ids: list[str]) -> dict[str, tuple[int, Record]]:
-        sql = (
-            "SELECT id, label, embedding, uri, text, tags, embedded_by FROM items "
-            "JOIN vectors USING (label) WHERE id IN (SELECT value FROM json_each(?))"
-        )
-        rows = self._db.execute(sql, (json.dumps([i for i in ids if isinstance(i, str)]),))
-        return {
-            doc_id: (
-                label,
-                Record(doc_id, np.frombuffer(blob, np.float32), u, t, json.loads(g), source),
-            )
-            for doc_id, label, blob, u, t, g, source in rows
-        }
 
     def _write(
         self,
-        rows: list[_Row],
-        reindex: list[_Row],
+        rows: list[Row],
+        reindex: list[Row],
         existing: set[int],
         deletes: dict[str, int] | None = None,
         meta: Mapping[str, str] | None = None,
@@ -538,33 +430,7 @@ class HNSWStore:
         deletes = deletes or {}
         if not rows and not deletes:
             return
-        seq = self._seq + 1
-        with _transaction(self._db):
-            self._db.executemany(
-                "INSERT INTO items(label, id, seq, uri, text, tags, embedded_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(label) DO UPDATE SET seq = excluded.seq, uri = excluded.uri, "
-                "text = excluded.text, tags = excluded.tags, embedded_by = excluded.embedded_by",
-                [(r.label, r.id, seq, r.uri, r.text, r.tags_json, r.embedded_by) for r in rows],
-            )
-            self._db.executemany(
-                "INSERT OR REPLACE INTO vectors(label, embedding) VALUES (?, ?)",
-                [(r.label, r.vector.tobytes()) for r in reindex],
-            )
-            if deletes:
-                for table in ("items", "vectors"):
-                    self._db.execute(
-                        f"DELETE FROM {table} WHERE label IN (SELECT value FROM json_each(?))",
-                        (json.dumps(list(deletes.values())),),
-                    )
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO tombstones(label, seq) VALUES (?, ?)",
-                    [(label, seq) for label in deletes.values()],
-                )
-            self._set_meta(last_seq=seq, next_label=self._next_label, dim=self._dim)
-            if rows and meta:
-                self._set_meta(**{f"{_USER_META}{k}": v for k, v in meta.items()})
-        self._seq = seq
+        seq = self._db.commit(rows, reindex, list(deletes.values()), meta)
         for r in rows:
             self._fields.set(r.label, r.id, r.uri, r.text, r.tags_json)
         for label in deletes.values():
@@ -581,7 +447,7 @@ class HNSWStore:
     # ------------------------------------------------------------------ HNSW graph
 
     def _new_graph(self, capacity: int) -> hnswlib.Index:
-        graph = hnswlib.Index(space=self.space, dim=self._dim)
+        graph = hnswlib.Index(space=self.space, dim=self._db.dim)
         graph.init_index(
             max_elements=capacity,
             M=self.M,
@@ -594,12 +460,12 @@ class HNSWStore:
     def _configure(self, graph: hnswlib.Index) -> None:
         graph.set_ef(self.ef)
 
-    def _apply(self, rows: list[_Row], existing: set[int], deleted: Iterable[int]) -> int:
+    def _apply(self, rows: list[Row], existing: set[int], deleted: Iterable[int]) -> int:
         """Apply committed changes to the graph (deletions first: their slots get reused).
 
         Returns the number of replayed changes.
         """
-        if self._dim is None:
+        if self._db.dim is None:
             return 0
         if self._index is None:
             self._index = self._new_graph(max(self.initial_capacity, len(rows)))
@@ -658,7 +524,7 @@ class HNSWStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(labels, distances) of the top ``min(k, matching items)`` among the items matching
         ``flt``, best first."""
-        mask = self._fields.mask(flt, self._next_label)
+        mask = self._fields.mask(flt, self._db.next_label)
         matching = np.flatnonzero(mask)
         k_found = min(k, matching.size)
         if k_found == 0:
@@ -679,17 +545,11 @@ class HNSWStore:
 
     def _plan(self, n_queries: int, n_matching: int, ef: int) -> str:
         """ "walk" or "scan" for a filtered batch (`search.filter_planner.plan`)."""
-        return plan(n_queries, n_matching, self.count, self._dim, ef).path
+        return plan(n_queries, n_matching, self.count, self._db.dim, ef).path
 
     def _exact(self, q: np.ndarray, k: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-``k`` by cosine among ``labels``, from the vectors in SQLite."""
-        rows = self._db.execute(
-            "SELECT label, embedding FROM vectors WHERE label IN (SELECT value FROM json_each(?))",
-            (json.dumps(labels.tolist()),),
-        ).fetchall()
-        found = np.fromiter((label for label, _ in rows), np.int64, len(rows))
-        vectors = np.frombuffer(b"".join(blob for _, blob in rows), np.float32)
-        return exact_knn(q, k, found, vectors.reshape(len(rows), self._dim))
+        return exact_knn(q, k, *self._db.vectors_of(labels))
 
     @property
     def _tags(self) -> TagIndex:
@@ -700,7 +560,7 @@ class HNSWStore:
 
     def _open_graph(self) -> None:
         self._remove_temp_files()
-        if self._dim is None:
+        if self._db.dim is None:
             return
         meta = self._read_snapshot_meta()
         if meta is not None:
@@ -717,19 +577,19 @@ class HNSWStore:
         except (OSError, ValueError):
             return None
         expected = {
-            "dim": self._dim,
+            "dim": self._db.dim,
             "space": self.space,
             "M": self.M,
             "ef_construction": self.ef_construction,
         }
         if any(meta.get(key) != value for key, value in expected.items()):
             return None  # built with other parameters: rebuild with the asked ones
-        if not isinstance(meta.get("seq"), int) or meta["seq"] > self._seq:
+        if not isinstance(meta.get("seq"), int) or meta["seq"] > self._db.seq:
             return None  # reflects changes SQLite does not have
         return meta
 
     def _load_snapshot(self, meta: dict[str, Any]) -> None:
-        graph = hnswlib.Index(space=self.space, dim=self._dim)
+        graph = hnswlib.Index(space=self.space, dim=self._db.dim)
         graph.load_index(str(self.path / meta["file"]), allow_replace_deleted=True)
         self._configure(graph)
         self._index, self._graph_live = graph, int(meta["count"])
@@ -749,19 +609,10 @@ class HNSWStore:
 
         Order does not matter: a label is either live in ``items`` or in ``tombstones``.
         """
-        tombstones = self._db.execute("SELECT label FROM tombstones WHERE seq > ?", (since,))
-        replayed = self._apply([], set(), [label for (label,) in tombstones])
+        replayed = self._apply([], set(), self._db.deleted_since(since))
         in_graph = set(self._index.get_ids_list())
-        changed = self._db.execute(
-            "SELECT label, embedding FROM items JOIN vectors USING (label) WHERE seq > ? "
-            "ORDER BY label",
-            (since,),
-        )
-        for chunk in _chunks(changed, _ADD_CHUNK):
-            rows = [
-                _Row("", label, np.frombuffer(blob, np.float32), None, None, "")
-                for label, blob in chunk
-            ]
+        for chunk in _chunks(self._db.vectors_since(since), _ADD_CHUNK):
+            rows = [Row("", label, vector, None, None, "") for label, vector in chunk]
             replayed += self._apply(rows, in_graph, [])
         return replayed
 
@@ -772,9 +623,8 @@ class HNSWStore:
             capacity *= 2
         self._index, self._graph_live = self._new_graph(capacity), 0
         self._snapshot_seq = None
-        everything = self._db.execute("SELECT label, embedding FROM vectors ORDER BY label")
-        for chunk in _chunks(everything, _ADD_CHUNK):
-            vectors = np.stack([np.frombuffer(blob, np.float32) for _, blob in chunk])
+        for chunk in _chunks(self._db.all_vectors(), _ADD_CHUNK):
+            vectors = np.stack([vector for _, vector in chunk])
             labels = np.array([label for label, _ in chunk], np.int64)
             self._index.add_items(vectors, labels, num_threads=self.num_threads)
             self._graph_live += len(chunk)
@@ -785,9 +635,9 @@ class HNSWStore:
     def _snapshot_meta(self, name: str) -> dict[str, Any]:
         return {
             "file": name,
-            "seq": self._seq,
+            "seq": self._db.seq,
             "count": self._graph_live,
-            "dim": self._dim,
+            "dim": self._db.dim,
             "space": self.space,
             "M": self.M,
             "ef_construction": self.ef_construction,
@@ -818,27 +668,6 @@ def _lock_directory(path: Path) -> IO[bytes]:
         handle.close()
         raise RuntimeError(f"{path.parent} is already open in another HNSWStore") from None
     return handle
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    # Autocommit mode with explicit BEGIN/COMMIT; the store's lock guards cross-thread use.
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute(f"PRAGMA page_size={_PAGE_SIZE}")  # no effect on an existing database
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.executescript(_SCHEMA)
-    return db
-
-
-@contextlib.contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[None]:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _encode_tags(tags: Any) -> tuple[str | None, str | None]:
