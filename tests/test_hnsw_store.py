@@ -1,5 +1,7 @@
 """HNSWStore: writes and per-item errors, search exactness, durability (reopen, catch-up from an
-old snapshot, a real ``kill -9``) and concurrent search while indexing."""
+old snapshot, a real ``kill -9``) and concurrent search while indexing, all through its public
+API; its parts have their own tests (test_item_db, test_hnsw_graph, test_field_mirror,
+test_filter_planner, test_exact_knn)."""
 
 from __future__ import annotations
 
