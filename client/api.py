@@ -17,7 +17,6 @@ URI in `blob`, which the image encoder accepts. Text queries go to `/search`, im
 from __future__ import annotations
 
 import base64
-import math
 import mimetypes
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -32,7 +31,7 @@ import requests
 from docarray import DocList
 from pydantic import ValidationError
 
-from client.grpc_transport import GatewayError, GrpcTransport
+from client.grpc_transport import GatewayError, GrpcTransport, UnsendableRequest
 from client.wire import (
     DELETE,
     GET,
@@ -45,6 +44,7 @@ from client.wire import (
     SearchDoc,
     StatusDoc,
     schema_error,
+    wire_fault,
 )
 from finetune.batching import batched
 from finetune.data import load_pairs
@@ -60,6 +60,9 @@ IN_FLIGHT = 4
 # or bytes are refused whole, so the client cuts its batches to fit.
 MAX_DOCS = 512
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
+# How deep a request's JSON may nest (MAX_JSON_DEPTH, likewise): deeper documents or
+# parameters would be refused whole, or fail to decode inside the Flow over gRPC.
+MAX_JSON_DEPTH = 16
 # Image bytes per request: what fits in MAX_REQUEST_BYTES as base64 (HTTP's data: URIs), with
 # room for the rest of the documents.
 _IMAGE_BYTES_PER_REQUEST = MAX_REQUEST_BYTES // 2
@@ -347,7 +350,12 @@ class SearchClient:
         """One request; documents in and out as plain dicts (SearchDoc's fields). The token,
         if any, goes with the write endpoints."""
         parameters = self._with_token(endpoint, parameters)
-        _check_finite(parameters or {}, "parameters")
+        fault = wire_fault(parameters or {}, MAX_JSON_DEPTH, depth=2)  # the body is level 1
+        if fault is not None:
+            raise ClientError(
+                f"{endpoint} refused the request: {fault.message('parameters')} (checked "
+                f"before sending)"
+            )
         if self.protocol == "http":
             return self._http_post(endpoint, docs, parameters)
         out_type = StatusDoc if endpoint in (STATUS, HEALTH) else SearchDoc
@@ -388,13 +396,18 @@ class SearchClient:
             except OSError as e:
                 done([Outcome(item.id, f"{item.path}: cannot read ({e.strerror})")])
                 continue
-            yield {
+            doc = {
                 "id": item.id,
                 "blob": data,
                 "uri": item.path,
                 "text": item.caption,
                 "tags": item.tags,
             }
+            error = _unsendable(doc)
+            if error is not None:  # this item's error, not the job's
+                done([Outcome(item.id, error)])
+                continue
+            yield doc
 
     def _with_token(
         self, endpoint: str, parameters: dict[str, Any] | None
@@ -412,6 +425,8 @@ class SearchClient:
     def _grpc_errors(self) -> Iterator[None]:
         try:
             yield
+        except UnsendableRequest as e:
+            raise ClientError(str(e)) from e
         except GatewayError as e:
             if e.unreachable:
                 raise self._unreachable(e) from e
@@ -477,27 +492,25 @@ def _wire_docs(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> Do
     is sent."""
     wire = []
     for i, doc in enumerate(docs):
-        try:
-            wire.append(SearchDoc(**doc))
-        except ValidationError as e:
+        error = _unsendable(doc)
+        if error is None:
+            try:
+                wire.append(SearchDoc(**doc))
+            except ValidationError as e:
+                error = schema_error(e)
+        if error is not None:
             raise ClientError(
-                f"{endpoint} refused the request: document {offset + i}, {schema_error(e)} "
-                f"(checked before sending)"
-            ) from None
+                f"{endpoint} refused the request: document {offset + i}, {error} (checked "
+                f"before sending)"
+            )
     return DocList[SearchDoc](wire)
 
 
-def _check_finite(value: Any, where: str) -> None:
-    """NaN and Infinity are not JSON: the service refuses a request holding them (HTTP 400),
-    so they are refused here, by name, before anything is sent."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ClientError(f"{where} is {value}: parameters must be finite numbers")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_finite(item, f"{where}.{key}")
-    elif isinstance(value, list | tuple):
-        for i, item in enumerate(value):
-            _check_finite(item, f"{where}[{i}]")
+def _unsendable(doc: dict[str, Any]) -> str | None:
+    """Why a document cannot travel (`client.wire.wire_fault`), or None; checked before
+    anything else reads it."""
+    fault = wire_fault(doc, MAX_JSON_DEPTH, depth=3)  # body, data, document
+    return None if fault is None else f"field {fault.message()}"
 
 
 def _request_batches(docs: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict]]:

@@ -36,6 +36,10 @@ class GatewayError(RuntimeError):
         self.unreachable = unreachable
 
 
+class UnsendableRequest(GatewayError):
+    """A request that could not be encoded for the wire, so nothing was sent."""
+
+
 class GrpcTransport:
     """Requests to one gateway, `HOST:PORT`, on a channel opened once (TLS when `tls`)."""
 
@@ -118,8 +122,14 @@ def _request(endpoint: str, docs: Any, parameters: dict[str, Any] | None) -> Any
     request = DataRequest()
     request.header.exec_endpoint = endpoint
     request.document_array_cls = type(docs)
-    request.data.docs = docs
-    request.parameters = parameters or {}
+    try:  # both are encoded here, at once
+        request.data.docs = docs
+        request.parameters = parameters or {}
+    except Exception as e:  # noqa: BLE001 - docarray and protobuf raise anything they cannot encode
+        raise UnsendableRequest(
+            f"{endpoint}: the request could not be encoded, nothing was sent "
+            f"({type(e).__name__}: {e})"
+        ) from e
     return request
 
 

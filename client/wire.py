@@ -8,6 +8,8 @@ instead of failing the request, so the good documents beside it go through.
 
 # No `from __future__ import annotations` here: jina builds the gateway's schema from these
 # classes at start-up and needs real (not string) annotations.
+import math
+from dataclasses import dataclass
 from typing import Any
 
 from docarray import BaseDoc, DocList
@@ -27,6 +29,11 @@ STATUS = "/status"
 # Every executor (each shard, one replica of each encoder) adds its `StatusDoc` to the answer;
 # the sharded index's merger fails the request when a shard did not answer.
 HEALTH = "/health"
+
+# Integers travel as doubles (docarray's tags, protobuf's Struct for parameters): beyond this
+# magnitude they would not arrive exactly. The service's MAX_EXACT_INT (search/limits.py, which
+# the client may not import; a test checks they agree).
+MAX_EXACT_INT = 2**53
 
 
 class Match(BaseDoc):
@@ -75,3 +82,113 @@ def schema_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "?"
     return f"field {field}: {first['msg']}"
+
+
+@dataclass(frozen=True)
+class WireFault:
+    """Something the wire cannot carry, found by `wire_fault`: where (`path`, from the value
+    walked: `.tags.sku`, `[0]`), what (`problem`), and whether it refuses the whole request
+    (`whole`: nesting past the bound, NaN or Infinity, which JSON itself does not allow) or
+    only the document holding it."""
+
+    path: str
+    problem: str
+    whole: bool = False
+
+    def message(self, prefix: str = "") -> str:
+        """`parameters.limit is NaN: ...`, with `prefix` naming the value walked."""
+        return f"{(prefix + self.path).lstrip('.') or 'the value'} {self.problem}"
+
+
+def wire_fault(value: Any, max_depth: int, depth: int = 1) -> WireFault | None:
+    """The first thing in `value` (JSON-like, at nesting level `depth`) that the wire cannot
+    carry, or None: lists and dicts nested deeper than `max_depth` levels, NaN or Infinity,
+    integers beyond `MAX_EXACT_INT`, and text that is not Unicode (lone surrogates, which
+    UTF-8 cannot encode). A fault refusing the whole request is reported before one that does
+    not. Iterative, so that any nesting is walked safely; other types (bytes, arrays) pass."""
+    first: WireFault | None = None
+    stack: list[tuple[Any, tuple[str, ...], int]] = [(value, (), depth)]
+    while stack:
+        item, where, level = stack.pop()
+        fault = None
+        if isinstance(item, dict | list | tuple):
+            if level > max_depth:
+                fault = WireFault(
+                    "".join(where),
+                    f"is nested deeper than {max_depth} levels (MAX_JSON_DEPTH)",
+                    whole=True,
+                )
+            elif isinstance(item, dict):
+                entries = [(f".{_shown_key(key)}", key, child) for key, child in item.items()]
+                bad = next((p for p, key, _ in entries if not _is_text(str(key))), None)
+                if bad is not None:
+                    fault = WireFault("".join((*where, bad)), _NOT_TEXT)
+                stack.extend((child, (*where, p), level + 1) for p, _, child in reversed(entries))
+            elif not _plain_numbers(item):
+                stack.extend(
+                    (child, (*where, f"[{i}]"), level + 1)
+                    for i, child in reversed(list(enumerate(item)))
+                )
+        else:
+            fault = _scalar_fault(item, "".join(where))
+        if fault is not None and fault.whole:
+            return fault
+        first = first or fault
+    return first
+
+
+_NOT_TEXT = "is not valid Unicode text: it holds a lone surrogate (such as JSON's \\ud800)"
+
+
+def _scalar_fault(value: Any, path: str) -> WireFault | None:
+    if isinstance(value, str):
+        return None if _is_text(value) else WireFault(path, _NOT_TEXT)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and abs(value) > MAX_EXACT_INT:
+        bits = value.bit_length()  # str() of a huge int is slow, and refused past 4,300 digits
+        what = f"the integer {value}" if bits < 200 else f"an integer of {bits} bits"
+        return WireFault(
+            path,
+            f"is {what}, beyond +-{MAX_EXACT_INT} (MAX_EXACT_INT): numbers travel as doubles, "
+            f"so it would not arrive exactly; send it as a string",
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        if math.isnan(value):
+            return WireFault(path, f"is NaN: {_FINITE}", whole=True)
+        sign = "" if value > 0 else "-"
+        overflow = "; a number beyond +-1.8e308 reads as Infinity"
+        return WireFault(path, f"is {sign}Infinity: {_FINITE[:-1]}{overflow})", whole=True)
+    return None
+
+
+_FINITE = "JSON numbers must be finite (NaN and Infinity are not JSON)"
+
+
+def _is_text(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown_key(key: Any) -> str:
+    """A dict key as a path names it (a lone surrogate escaped, so the message can travel)."""
+    return str(key).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _plain_numbers(items: list | tuple) -> bool:
+    """Whether `items` holds only finite ints and floats within +-`MAX_EXACT_INT` (an
+    embedding): checked in C, where walking each number would cost a Python step."""
+    if not items or not set(map(type, items)) <= {int, float}:
+        return False
+    try:
+        return (
+            math.isfinite(sum(items))
+            and -MAX_EXACT_INT <= min(items) <= max(items) <= MAX_EXACT_INT
+        )
+    except OverflowError:  # an int beyond float64 beside floats
+        return False

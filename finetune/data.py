@@ -406,14 +406,18 @@ def _named_header(ctx: _Context) -> tuple[Any, list[str], int, int] | None:
 
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+# Integers a double holds exactly. A longer one is an identifier (a 64-bit SKU) and stays text:
+# the search service carries and compares numbers as doubles (search.limits.MAX_EXACT_INT).
+_EXACT_INT = 2**53
 
 
 def _tag_value(cell: str) -> Any:
-    """A csv cell as a tag: a number when it reads as a finite one, else the stripped text."""
+    """A csv cell as a tag: a number when it reads as a finite one (an integer only up to
+    `_EXACT_INT`), else the stripped text."""
     text = cell.strip()
     if _NUMBER.fullmatch(text):
         if re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
+            return int(text) if abs(int(text)) <= _EXACT_INT else text
         number = float(text)
         if math.isfinite(number):
             return number

@@ -29,3 +29,16 @@ def token_error(
     ):
         return None
     return f"this service requires a token for {endpoint} (set SEARCH_TOKEN or --token)"
+
+
+def without_token(parameters: dict[str, Any] | None) -> dict[str, Any]:
+    """`parameters` as an answer carries them back: without the token wherever jina lets a
+    caller put it (`token`, `indexer__token` for one executor, `{"indexer": {"token": ...}}`)."""
+    kept = {}
+    for key, value in (parameters or {}).items():
+        if key == TOKEN_PARAMETER or str(key).endswith(f"__{TOKEN_PARAMETER}"):
+            continue
+        if isinstance(value, dict) and TOKEN_PARAMETER in value:
+            value = {k: v for k, v in value.items() if k != TOKEN_PARAMETER}
+        kept[key] = value
+    return kept

@@ -42,6 +42,7 @@ from search.filter_planner import plan
 from search.filters import Filter, TagIndex, parse_filter
 from search.hnsw_graph import SNAPSHOT_META, HNSWGraph
 from search.item_db import DB_FILE, UNRECORDED, ItemDB, Record, Row
+from search.limits import MAX_JSON_DEPTH, json_depth
 
 __all__ = [
     "DB_FILE",
@@ -88,10 +89,13 @@ def check_vector(vec: Any, dim: int | None) -> tuple[np.ndarray | None, str | No
         return None, f"embedding has dimension {arr.size}, the index expects {dim}"
     if not np.isfinite(arr).all():
         return None, "embedding contains NaN or inf"
-    norm = float(np.linalg.norm(arr))  # in float64: huge finite float32 values do not overflow
-    if norm == 0.0:
+    # Scaled by the largest magnitude first: the squares of values beyond ~1e154 overflow
+    # float64 (the norm would be inf and the vector all zeros), those of tiny ones underflow.
+    scale = float(np.abs(arr).max())
+    if scale == 0.0:
         return None, "embedding is a zero vector"
-    return (arr / norm).astype(np.float32), None
+    arr = arr / scale
+    return (arr / np.linalg.norm(arr)).astype(np.float32), None
 
 
 class HNSWStore:
@@ -302,7 +306,8 @@ class HNSWStore:
             if k == 0 or len(q) == 0:
                 return [[] for _ in range(len(q))]
             self._check_queries(q)
-            ef = max(int(ef or self.ef), k)
+            # an ef beyond the graph's size searches no wider, and hnswlib takes a C size_t
+            ef = max(min(int(ef or self.ef), self._graph.index.element_count), k)
             if flt:
                 labels, distances = self._filtered_knn(q, k, ef, flt)
             else:
@@ -524,6 +529,8 @@ def _encode_tags(tags: Any) -> tuple[str | None, str | None]:
         return "{}", None
     if not isinstance(tags, dict):
         return None, f"tags must be a dict, got {type(tags).__name__}"
+    if json_depth(tags) > MAX_JSON_DEPTH:  # before json.dumps, which recurses
+        return None, f"tags are nested more than {MAX_JSON_DEPTH} levels deep (MAX_JSON_DEPTH)"
     try:
         return json.dumps(tags, allow_nan=False), None
     except (TypeError, ValueError) as exc:

@@ -194,10 +194,13 @@ class ImagePolicy:
             raise ImageError(f"{path}: file not found") from None
         except OSError as e:
             raise ImageError(f"{path}: cannot open ({e.strerror})") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # checked before fdopen, which refuses a folder
+            os.close(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError(f"{path} is a directory, not an image file")
+            raise ImageError(f"{path}: not a regular file")
         with os.fdopen(fd, "rb") as f:
-            info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise ImageError(f"{path}: not a regular file")
             if info.st_size > self.max_bytes:
                 raise ImageError(
                     f"{path}: {info.st_size} bytes is more than max_bytes={self.max_bytes}"

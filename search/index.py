@@ -16,6 +16,7 @@ names (`update`): tags are merged, and a new caption on an image leaves its imag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -31,10 +32,14 @@ from search.documents import Document, Match, pending, set_errors
 from search.filters import FilterError, parse_filter
 from search.hnsw_store import UNRECORDED, HNSWStore, Record, check_vector
 from search.limits import (
+    MAX_EXACT_INT,
     MAX_ID_LENGTH,
+    NOT_UNICODE,
     bounded_text,
     document_error,
+    encodable,
     refuse_oversized,
+    shown,
     tags_error,
 )
 from search.sharding import NOT_OWNER, UNKNOWN_ID, content_id, owner_shard
@@ -375,16 +380,23 @@ def _reembeds(doc: Document, stored: Record, has_thumbnail: bool) -> bool:
 
 
 def positive_int(value: Any, name: str) -> tuple[int | None, str | None]:
-    """`(n, None)` for an integral number >= 1 (protobuf sends ints as floats, HTTP clients
-    may send strings), else `(None, reason)`."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if isinstance(value, bool) or not math.isfinite(number) or number != int(number):
-        return None, f"{name} must be an integer, got {value!r}"
+    """`(n, None)` for an integral number from 1 to `MAX_EXACT_INT` (protobuf sends ints as
+    floats, HTTP clients may send strings), else `(None, reason)`."""
+    number: float = math.nan
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value  # compared exactly below, whatever its size
+    elif not isinstance(value, bool):
+        with contextlib.suppress(TypeError, ValueError, OverflowError):
+            number = float(value)
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        return None, f"{name} must be an integer, got {shown(value)}"
     if number < 1:
         return None, f"{name} must be >= 1"
+    if number > MAX_EXACT_INT:
+        return (
+            None,
+            f"{name} is {shown(value)}, more than the limit of {MAX_EXACT_INT} (MAX_EXACT_INT)",
+        )
     return int(number), None
 
 
@@ -396,9 +408,12 @@ def search_limit(parameters: dict[str, Any], max_limit: int) -> tuple[int | None
 
 def id_error(doc_id: str) -> str | None:
     """Why an id cannot be stored, or None: control characters (a NUL would cut the id short
-    in SQLite's JSON functions, so the document could never be deleted) or over-long ids."""
+    in SQLite's JSON functions, so the document could never be deleted), lone surrogates
+    (not text SQLite can store) or over-long ids."""
     if len(doc_id) > MAX_ID_LENGTH:
         return f"id is {len(doc_id)} characters long, more than the limit of {MAX_ID_LENGTH}"
+    if not encodable(doc_id):
+        return f"id {NOT_UNICODE}"
     bad = next((c for c in doc_id if unicodedata.category(c) == "Cc"), None)
     if bad is not None:
         return f"id contains the control character {bad!r}; ids must be printable text"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,8 +37,22 @@ MAX_REQUEST_PIXELS = 256 * 1024 * 1024
 # Characters of stored text a search returns per match: texts stored before MAX_TEXT_CHARS
 # existed are cut to it, so an answer's size stays bounded whatever the store holds.
 MAX_MATCH_TEXT_CHARS = MAX_TEXT_CHARS
+# Nesting of an HTTP body (its outer object is level 1), and of tags kept by `HNSWStore`: the
+# service's own bodies need at most 7 levels, and protobuf, which carries requests between the
+# Flow's processes, refuses to decode a few dozen. Deeper bodies are refused whole (HTTP 400).
+MAX_JSON_DEPTH = 16
+# Integers travel as doubles (docarray's tags, protobuf's Struct for parameters) and filters
+# compare numbers as doubles: an integer beyond this magnitude would not arrive or compare
+# exactly, so it is refused (send a 64-bit SKU as a string).
+MAX_EXACT_INT = 2**53
+# Characters of a whole-request failure's message sent back to the caller: its first line, cut
+# to this; the Flow's log has the rest (stack traces and paths stay on the server).
+MAX_ERROR_CHARS = 300
 
 _SCALARS = (str, int, float, bool, type(None))
+NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate, such as JSON's \\ud800)"
+# A filesystem path of two or more parts, which an error sent to a caller leaves out.
+_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][\w.\-]+){2,}")
 
 
 def request_error(count: int) -> str | None:
@@ -71,6 +86,9 @@ def document_error(doc: Any, stored: bool = True) -> str | None:
             return _too_long("uri", len(doc.uri), MAX_URI_CHARS, "MAX_URI_CHARS")
     if doc.text is not None and not isinstance(doc.text, str):
         return f"text must be a string, got {type(doc.text).__name__}"
+    for name in ("uri", "text"):
+        if getattr(doc, name) is not None and not encodable(getattr(doc, name)):
+            return f"{name} {NOT_UNICODE}"
     if not stored:
         return None
     if doc.text is not None and len(doc.text) > MAX_TEXT_CHARS:
@@ -93,6 +111,8 @@ def tags_error(tags: Any) -> str | None:
             return f"tag keys must be strings, got {type(key).__name__}"
         if len(key) > MAX_TAG_KEY_CHARS:
             return _too_long("tag key", len(key), MAX_TAG_KEY_CHARS, "MAX_TAG_KEY_CHARS")
+        if not encodable(key):
+            return f"tag key {key[:40]!r} {NOT_UNICODE}"
         for element in value if isinstance(value, list) else (value,):
             if not isinstance(element, _SCALARS):
                 return (
@@ -102,6 +122,10 @@ def tags_error(tags: Any) -> str | None:
                 )
             if isinstance(element, float) and not math.isfinite(element):
                 return f"tag {key[:40]!r}: {element} is not a JSON number"
+            if isinstance(element, int) and abs(element) > MAX_EXACT_INT:
+                return f"tag {key[:40]!r}: {inexact_int_error(element)}"
+            if isinstance(element, str) and not encodable(element):
+                return f"tag {key[:40]!r}: the value {NOT_UNICODE}"
     size = len(json.dumps(tags, ensure_ascii=False).encode("utf-8"))
     if size > MAX_TAGS_JSON_BYTES:
         return (
@@ -125,6 +149,60 @@ def bounded_text(text: str | None) -> str | None:
     if text is None or len(text) <= MAX_MATCH_TEXT_CHARS:
         return text
     return text[:MAX_MATCH_TEXT_CHARS]
+
+
+def inexact_int_error(number: int) -> str:
+    """The error of an integer beyond `MAX_EXACT_INT`, which would not arrive exactly."""
+    return (
+        f"the integer {shown(number)} is beyond +-{MAX_EXACT_INT} (MAX_EXACT_INT): numbers "
+        f"travel as doubles and would not arrive exactly; send it as a string"
+    )
+
+
+def encodable(text: str) -> bool:
+    """Whether `text` is Unicode that UTF-8 (the wire, SQLite) can carry: JSON's `\\ud800`
+    escape makes a lone surrogate, which it cannot."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def json_depth(value: Any, stop: int = MAX_JSON_DEPTH) -> int:
+    """Levels of nested lists and dicts in `value` (a scalar has 0), counted up to `stop + 1`
+    and without recursion, so that any nesting is measured safely."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, level)
+        if deepest > stop:
+            break
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def shown(value: Any, chars: int = 40) -> str:
+    """`value` as an error message shows it: its repr, cut to `chars`."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's limit on digits to print
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= chars else text[: chars - 3] + "..."
+
+
+def short_error(message: str) -> str:
+    """A whole-request failure's message as the caller gets it: the first line, filesystem
+    paths left out, at most `MAX_ERROR_CHARS` (the server's log keeps the whole)."""
+    lines = message.strip().splitlines()
+    first = _PATH.sub("<path>", lines[0] if lines else "")
+    return first if len(first) <= MAX_ERROR_CHARS else first[: MAX_ERROR_CHARS - 3] + "..."
 
 
 def _too_long(what: str, length: int, limit: int, name: str) -> str:

@@ -35,6 +35,8 @@ _MARKS = (
     (INVALID_ID, "id is "),
     (INVALID_ID, "id contains"),
     (INVALID_ID, "missing id"),
+    (INVALID_FIELD, "is not valid Unicode text"),
+    (INVALID_FIELD, "(MAX_EXACT_INT)"),
     (OVER_LIMIT, "more than the limit"),
     (OVER_LIMIT, "(MAX_"),
     (OVER_LIMIT, "max_bytes"),

@@ -128,9 +128,9 @@ def test_a_refused_or_failed_http_request_is_a_client_error_saying_why(http_gate
 
 def test_nan_and_infinity_in_parameters_are_refused_by_name_before_sending():
     with SearchClient("http://127.0.0.1:9", timeout=5) as client:
-        with pytest.raises(ClientError, match=r"parameters\.limit is nan"):
+        with pytest.raises(ClientError, match=r"parameters\.limit is NaN"):
             client.post("/search", [{"text": "a"}], {"limit": float("nan")})
-        with pytest.raises(ClientError, match=r"parameters\.filter\.price\.\$lt is inf"):
+        with pytest.raises(ClientError, match=r"parameters\.filter\.price\.\$lt is Infinity"):
             client.post("/search", [{"text": "a"}], {"filter": {"price": {"$lt": float("inf")}}})
 
 
