@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
+from PIL import Image, ImageChops, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 RGB = tuple[int, int, int]
@@ -860,46 +860,7 @@ def _readme(spec: DomainSpec, info: SampleDataInfo) -> str:
         f"{len(spec.shapes)} shapes, {len(spec.colours)} colours, {len(spec.sizes)} sizes, "
         f"{len(spec.styles)} styles and {len(spec.backgrounds)} backgrounds, giving "
         f"{counts['core']} combinations of shapes, colours and positions ({counts['full']} "
-        f"with sizes, styles and backgrounds). Regenerate with: python -m finetune sample-data "
+        f"with sizes, styles and backgrounds). Regenerate with: python -m demo sample-data "
         f"--domain {spec.name} --n {info.n_images} --seed {info.seed} --out DIR."
     )
     return textwrap.fill(text, width=100)
-
-
-def contact_sheet(
-    root: str | os.PathLike, out_path: str | os.PathLike, k: int = 16, columns: int = 4
-) -> Path:
-    """Save a grid of the first `k` images as the model sees them (shortest side to 64 px,
-    center crop, shown 2x) with their first caption, to eyeball a generated domain."""
-    root = Path(root)
-    first: dict[str, str] = {}
-    with open(root / "captions.txt", encoding="utf-8") as f:
-        next(f)
-        for line in f:
-            name, _, caption = line.rstrip("\n").partition(",")
-            first.setdefault(name, caption)
-            if len(first) >= k:
-                break
-    scale, pad, text_h = 2, 6, 66
-    cell_w, cell_h = VIEW_SIZE * scale + 2 * pad, VIEW_SIZE * scale + text_h + 2 * pad
-    rows = math.ceil(len(first) / columns)
-    sheet = Image.new("RGB", (columns * cell_w, rows * cell_h), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
-    for j, (name, caption) in enumerate(first.items()):
-        with Image.open(root / "images" / name) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            r = VIEW_SIZE / min(w, h)
-            im = im.resize(
-                (max(VIEW_SIZE, round(w * r)), max(VIEW_SIZE, round(h * r))), Image.BICUBIC
-            )
-            left, top = (im.width - VIEW_SIZE) // 2, (im.height - VIEW_SIZE) // 2
-            view = im.crop((left, top, left + VIEW_SIZE, top + VIEW_SIZE))
-        x, y = (j % columns) * cell_w + pad, (j // columns) * cell_h + pad
-        sheet.paste(view.resize((VIEW_SIZE * scale,) * 2, Image.NEAREST), (x, y))
-        label = f"{name} {w}x{h}\n" + textwrap.fill(caption, width=24)
-        draw.multiline_text((x, y + VIEW_SIZE * scale + 2), label, fill=(0, 0, 0), font=font)
-    out = Path(out_path)
-    sheet.save(out)
-    return out

@@ -137,10 +137,6 @@ class Run:
     def vision_tower(self) -> Path:
         return self.output / "clip-vision"
 
-    @property
-    def final_metrics(self) -> dict[str, Any] | None:
-        return self.eval_metrics[-1] if self.eval_metrics else None
-
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
