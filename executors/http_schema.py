@@ -61,6 +61,16 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "embedding": {"type": ["array", "null"], "items": {"type": "number"}},
             "tags": _TAGS,
             "thumbnail": {**_TEXT, "description": "made by the service; not sent by callers"},
+            "embedded_by": {
+                **_TEXT,
+                "description": "the tower that made the embedding (clip-text:FINGERPRINT); set "
+                "by the encoders, or by a caller who vouches for a given embedding",
+            },
+            "towers": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "set by the encoders; not sent by callers",
+            },
             "matches": _listed("Match", "set by searches; not sent by callers"),
             "error": {**_TEXT, "description": "set by the service; not sent by callers"},
         },
@@ -139,6 +149,8 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             "uri": _TEXT,
             "embedding": {"type": ["array", "null"], "items": {"type": "number"}},
             "tags": {"type": "object"},
+            "embedded_by": _TEXT,
+            "towers": {"type": "object", "additionalProperties": {"type": "string"}},
             "matches": _listed("Match", "best first"),
             "error": _TEXT,
         },

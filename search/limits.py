@@ -47,7 +47,7 @@ MAX_JSON_DEPTH = 16
 MAX_EXACT_INT = 2**53
 # Characters of a whole-request failure's message sent back to the caller: its first line, cut
 # to this; the Flow's log has the rest (stack traces and paths stay on the server).
-MAX_ERROR_CHARS = 300
+MAX_ERROR_CHARS = 600
 
 _SCALARS = (str, int, float, bool, type(None))
 NOT_UNICODE = "is not valid Unicode text (it holds a lone surrogate, such as JSON's \\ud800)"

@@ -75,11 +75,9 @@ def mismatch_message(what: str, recorded: Mapping[str, str], other: Iterable[str
     """The refusal: what differs, the index's towers, and the two ways on."""
     accept = ",".join(other)
     return (
-        f"{what}, but this index was embedded by {describe(recorded)}: vectors of other towers "
-        f"are not comparable. Serve this index with its own towers, or index the catalogue "
-        f"again with the new towers into a new WORKSPACE; if the new tower embeds into the same "
-        f"space (e.g. a text tower fine-tuned with the image tower locked), accept it with "
-        f"{COMPATIBLE_SETTING}={accept}"
+        f"{what}, but this index was embedded by {describe(recorded)}; accept a tower that "
+        f"embeds into the same space with {COMPATIBLE_SETTING}={accept}, else serve the index "
+        f"with its own towers or index again into a new WORKSPACE"
     )
 
 

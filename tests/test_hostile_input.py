@@ -32,7 +32,7 @@ from search.documents import Document
 from search.hnsw_store import HNSWStore, check_vector
 from search.images import ImagePolicy
 from search.index import Index
-from search.limits import MAX_EXACT_INT, MAX_JSON_DEPTH, short_error, tags_error
+from search.limits import MAX_ERROR_CHARS, MAX_EXACT_INT, MAX_JSON_DEPTH, short_error, tags_error
 
 DIM = 8
 GOOD = {"id": "good", "text": "a good neighbour"}
@@ -223,7 +223,9 @@ def test_a_grpc_reply_carries_no_token_no_stack_trace_and_no_path():
         assert list(status.exception.args) == ["cannot open <path>"]
         assert status.description == "RuntimeError: cannot open <path>"
     assert "nowhere" not in str(DataRequest(out.proto.SerializePartialToString()).proto)
-    assert short_error("a\nTraceback ...") == "a" and len(short_error("x" * 10_000)) == 300
+    assert (
+        short_error("a\nTraceback ...") == "a" and len(short_error("x" * 10_000)) == MAX_ERROR_CHARS
+    )
 
 
 # --- the client checks before sending, over both protocols ---------------------------------
