@@ -46,9 +46,9 @@ from client.wire import (
     schema_error,
     wire_fault,
 )
-from finetune.batching import batched
-from finetune.data import load_pairs
-from finetune.images import is_image_path
+from imagepairs.batching import batched
+from imagepairs.images import is_image_path
+from imagepairs.pairs import load_pairs
 
 DEFAULT_HOST = "grpc://127.0.0.1:51000"
 DEFAULT_TIMEOUT_S = 300.0

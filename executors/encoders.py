@@ -23,7 +23,7 @@ from executors.base import ServiceExecutor
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from executors.metrics import ServiceMetrics
-from finetune.images import MAX_IMAGE_PIXELS
+from imagepairs.images import MAX_IMAGE_PIXELS
 from search.encoders import DEFAULT_MINIBATCH, ImageEncoder, TextEncoder, torch_threads
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
 

@@ -23,10 +23,10 @@ from demo import BASE_MODEL_DIR
 from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
 from executors.flow_env import apply_flow_env_defaults, is_unset, setting
 from finetune.artifact import read_tower_state
-from finetune.batching import batched
-from finetune.images import ImageError
 from finetune.models import resolve_device
 from finetune.towers import load_tower
+from imagepairs.batching import batched
+from imagepairs.images import ImageError
 from search.encoders import EMPTY_TEXT_ERROR, clip_text, resolve_dtype, torch_threads
 from search.images import ImagePolicy, path_list
 

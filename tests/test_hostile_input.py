@@ -26,8 +26,8 @@ from client.wire import SearchDoc
 from executors import encoders, hnsw_indexer
 from executors.gateway import EXECUTOR_CLASSES, scrubbed
 from executors.http_api import Refused, read_request, reply_body
-from finetune.data import load_pairs
-from finetune.images import ImageError
+from imagepairs.images import ImageError
+from imagepairs.pairs import load_pairs
 from search.documents import Document
 from search.hnsw_store import HNSWStore, check_vector
 from search.images import ImagePolicy
