@@ -183,7 +183,7 @@ class Served(ServedFlow):
         from jina import Client
 
         from client.api import SearchClient
-        from client.wire import SearchDoc
+        from client.wire_docs import SearchDoc
 
         grpc, http, jina_client = (
             SearchClient(self.grpc),

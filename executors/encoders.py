@@ -17,7 +17,8 @@ from typing import Any
 from docarray import DocList
 from jina import requests
 
-from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, SearchDoc, StatusDoc
+from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE
+from client.wire_docs import SearchDoc, StatusDoc
 from executors import health
 from executors.base import ServiceExecutor
 from executors.documents import refused_without_token, to_core, to_wire

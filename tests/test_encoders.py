@@ -18,7 +18,8 @@ import torch
 from docarray import DocList
 from PIL import Image
 
-from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
+from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT
+from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
 from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
 from executors.flow_env import apply_flow_env_defaults, is_unset, setting

@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 
 from client.api import MAX_DOCS, IndexItem, SearchClient
 from client.grpc_transport import GrpcTransport
-from client.wire import SEARCH_IMAGE, SearchDoc, StatusDoc
+from client.wire import SEARCH_IMAGE
+from client.wire_docs import SearchDoc, StatusDoc
 from demo import BASE_MODEL_DIR, REPO, served_flow
 from demo.served_flow import ServedFlow
 from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS

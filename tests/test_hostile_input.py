@@ -22,7 +22,7 @@ from jina.types.request.data import DataRequest
 from client.api import MAX_JSON_DEPTH as CLIENT_MAX_JSON_DEPTH
 from client.api import ClientError, IndexItem, SearchClient
 from client.wire import MAX_EXACT_INT as WIRE_MAX_EXACT_INT
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 from executors import encoders, hnsw_indexer
 from executors.gateway import EXECUTOR_CLASSES, scrubbed
 from executors.http_api import Refused, read_request, reply_body

@@ -10,7 +10,7 @@ import torch
 from docarray import DocList
 
 import finetune
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 from finetune.artifact import load_model, save_towers
 from finetune.models import ModelSpec, create_clip
 from finetune.towers import load_tower
