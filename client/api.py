@@ -498,8 +498,8 @@ def _grpc_side() -> ModuleType:
         if (e.name or "").partition(".")[0] not in _GRPC_PACKAGES:
             raise
         raise ClientError(
-            f"gRPC needs jina and docarray, which this install lacks ({e}): install the grpc "
-            f"extra (pip install 'clip-finetune-search[grpc]'), or use the service's HTTP API "
+            f"gRPC needs the grpc extra (jina, docarray), which this install lacks ({e}): "
+            f"pip install 'clip-finetune-search[grpc]', or use the service's HTTP API "
             f"(--host http://HOST:51001)"
         ) from e
     return grpc_transport
