@@ -29,15 +29,17 @@ ENV PYTHONUNBUFFERED=1 \
 
 WORKDIR /app
 
-# The project's install step, as in the Makefile (without the dev extras), on a layer that
-# only the packaging files invalidate.
+# The project's install step, as in the Makefile, with the extra the image serves (`serve`:
+# the Flow, its executors and towers; not the trainer's or the tests'), on a layer that only
+# the packaging files invalidate.
 COPY pyproject.toml constraints.txt README.md ./
+COPY imagepairs/ imagepairs/
 COPY finetune/ finetune/
 COPY search/ search/
 COPY executors/ executors/
 COPY client/ client/
 RUN pip install "setuptools>=77,<81" wheel \
-    && PIP_EXTRA_INDEX_URL="${TORCH_INDEX}" pip install -c constraints.txt -e .
+    && PIP_EXTRA_INDEX_URL="${TORCH_INDEX}" pip install -c constraints.txt -e ".[serve]"
 
 COPY . .
 # uid 1000: the Kubernetes manifests' fsGroup makes the index shards' volumes writable for it.

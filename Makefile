@@ -1,6 +1,7 @@
 # `make test` and `make demo` are the whole set-up on a fresh machine: each creates .venv and
-# installs the project into it when needed (torch 2.14.1 / torchvision 0.29.1 come from the
-# machine's local wheels when present).
+# installs the project into it when needed, with every extra (`.[dev]`: serve, train, onnx and
+# the test tools; torch 2.14.1 / torchvision 0.29.1 come from the machine's local wheels when
+# present).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin

@@ -50,7 +50,7 @@ from timing import Stopwatch, in_blocks, percentile
 
 from demo import BASE_MODEL_DIR
 from demo.served_flow import ServedFlow, flow_env
-from finetune.batching import batched
+from imagepairs.batching import batched
 from search.documents import Document
 from search.encoders import ImageEncoder, TextEncoder
 from search.hnsw_store import HNSWStore
@@ -183,7 +183,7 @@ class Served(ServedFlow):
         from jina import Client
 
         from client.api import SearchClient
-        from client.wire import SearchDoc
+        from client.wire_docs import SearchDoc
 
         grpc, http, jina_client = (
             SearchClient(self.grpc),

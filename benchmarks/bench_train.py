@@ -202,7 +202,7 @@ def make_data(
     model: str = MODEL,
 ) -> Data:
     from demo.sample_data import generate_sample_data
-    from finetune.data import load_pairs
+    from imagepairs.pairs import load_pairs
 
     info = generate_sample_data("generic", n, root, seed=seed, progress=False)
     if caption_tokens:

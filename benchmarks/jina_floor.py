@@ -11,7 +11,8 @@ import yaml
 from docarray import DocList
 
 from client.grpc_transport import GrpcTransport
-from client.wire import SEARCH_TEXT, SearchDoc
+from client.wire import SEARCH_TEXT
+from client.wire_docs import SearchDoc
 from demo.served_flow import ServedFlow, free_port
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from docarray import DocList
 from jina import Executor, requests
 
-from client.wire import Match, SearchDoc
+from client.wire_docs import Match, SearchDoc
 
 
 class PassThrough(Executor):

@@ -12,6 +12,10 @@ HTTP posts jina's JSON convention, `POST /<endpoint>` with `{"data": [...], "par
 {...}}`, on a kept-alive session. JSON has no bytes, so over HTTP an image travels as a `data:`
 URI in `blob`, which the image encoder accepts. Text queries go to `/search`, image queries to
 `/search_by_image` (each passes only its own encoder).
+
+The gRPC module, and with it jina and docarray, is imported on the first gRPC request only: an
+HTTP client checks its documents against the plain fields of `client.wire` and runs without
+them (the base install; the `grpc` extra adds gRPC).
 """
 
 from __future__ import annotations
@@ -23,32 +27,35 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 import requests
-from docarray import DocList
-from pydantic import ValidationError
 
-from client.grpc_transport import GatewayError, GrpcTransport, UnsendableRequest
 from client.wire import (
     DELETE,
     GET,
     HEALTH,
     INDEX,
+    MAX_JSON_DEPTH,
     SEARCH_IMAGE,
     SEARCH_TEXT,
     STATUS,
     UPDATE,
-    SearchDoc,
-    StatusDoc,
-    schema_error,
+    DocumentError,
+    SearchFields,
+    checked_documents,
+    document_fault,
     wire_fault,
 )
-from finetune.batching import batched
-from finetune.data import load_pairs
-from finetune.images import is_image_path
+from imagepairs.batching import batched
+from imagepairs.images import is_image_path
+from imagepairs.pairs import load_pairs
+
+if TYPE_CHECKING:
+    from client.grpc_transport import GrpcTransport
 
 DEFAULT_HOST = "grpc://127.0.0.1:51000"
 DEFAULT_TIMEOUT_S = 300.0
@@ -60,14 +67,13 @@ IN_FLIGHT = 4
 # or bytes are refused whole, so the client cuts its batches to fit.
 MAX_DOCS = 512
 MAX_REQUEST_BYTES = 64 * 1024 * 1024
-# How deep a request's JSON may nest (MAX_JSON_DEPTH, likewise): deeper documents or
-# parameters would be refused whole, or fail to decode inside the Flow over gRPC.
-MAX_JSON_DEPTH = 16
 # Image bytes per request: what fits in MAX_REQUEST_BYTES as base64 (HTTP's data: URIs), with
 # room for the rest of the documents.
 _IMAGE_BYTES_PER_REQUEST = MAX_REQUEST_BYTES // 2
 # The endpoints that carry the token (reads stay open).
 WRITE_ENDPOINTS = (INDEX, UPDATE, DELETE)
+# What the gRPC side imports (the `grpc` extra): a missing one is a ClientError saying so.
+_GRPC_PACKAGES = ("jina", "docarray", "grpc")
 
 
 class ClientError(RuntimeError):
@@ -139,7 +145,7 @@ def images_to_index(path: str | os.PathLike) -> list[IndexItem]:
     Ids are the image paths relative to `path` (a folder) or to the data file's folder, so
     indexing the same source again replaces documents instead of adding copies, and a broken
     run can simply be repeated. A data file is any format the trainer reads
-    (`finetune.data.load_pairs`); an image's first caption becomes its display text, and a
+    (`imagepairs.pairs.load_pairs`); an image's first caption becomes its display text, and a
     CSV's extra columns its tags (`price` 49.5 as the number 49.5).
     """
     source = Path(path).expanduser()
@@ -189,7 +195,7 @@ class SearchClient:
             f"{parts.hostname}:{parts.port or (443 if parts.scheme.endswith('s') else 80)}"
         )
         self._tls = parts.scheme in ("grpcs", "https")
-        self._grpc = None  # GrpcTransport, opened on first use
+        self._grpc: GrpcTransport | None = None  # opened on first use
         self._http = None  # requests.Session, likewise
 
     # --- the four commands ----------------------------------------------------------------
@@ -214,11 +220,12 @@ class SearchClient:
 
         batches = _request_batches(self._index_docs(items, done), batch_size)
         if self.protocol == "grpc":
+            grpc = _grpc_side()
             with self._grpc_errors():
                 self._transport().pipeline(
                     INDEX,
-                    _wired(INDEX, batches),
-                    lambda answer: done([_outcome(_doc_dict(d)) for d in answer]),
+                    grpc.doc_lists(INDEX, batches),
+                    lambda answer: done([_outcome(grpc.plain_doc(d)) for d in answer]),
                     in_flight=IN_FLIGHT,
                     timeout=self.timeout,
                     parameters=self._with_token(INDEX, None),
@@ -347,7 +354,7 @@ class SearchClient:
     def post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        """One request; documents in and out as plain dicts (SearchDoc's fields). The token,
+        """One request; documents in and out as plain dicts (`SearchFields`). The token,
         if any, goes with the write endpoints."""
         parameters = self._with_token(endpoint, parameters)
         fault = wire_fault(parameters or {}, MAX_JSON_DEPTH, depth=2)  # the body is level 1
@@ -358,16 +365,16 @@ class SearchClient:
             )
         if self.protocol == "http":
             return self._http_post(endpoint, docs, parameters)
-        out_type = StatusDoc if endpoint in (STATUS, HEALTH) else SearchDoc
+        grpc = _grpc_side()
         with self._grpc_errors():
             result = self._transport().post(
                 endpoint,
-                _wire_docs(endpoint, docs),
+                grpc.doc_list(endpoint, docs),
                 parameters=parameters,
                 timeout=self.timeout,
-                return_type=DocList[out_type],
+                return_type=grpc.reply_type(endpoint),
             )
-            return [_doc_dict(d) for d in result]
+            return [grpc.plain_doc(d) for d in result]
 
     def close(self) -> None:
         """Close the connections (they are reopened on the next call)."""
@@ -403,7 +410,7 @@ class SearchClient:
                 "text": item.caption,
                 "tags": item.tags,
             }
-            error = _unsendable(doc)
+            error = document_fault(doc)
             if error is not None:  # this item's error, not the job's
                 done([Outcome(item.id, error)])
                 continue
@@ -418,24 +425,28 @@ class SearchClient:
 
     def _transport(self) -> GrpcTransport:
         if self._grpc is None:
-            self._grpc = GrpcTransport(self._target, tls=self._tls)
+            self._grpc = _grpc_side().GrpcTransport(self._target, tls=self._tls)
         return self._grpc
 
     @contextmanager
     def _grpc_errors(self) -> Iterator[None]:
+        grpc = _grpc_side()
         try:
             yield
-        except UnsendableRequest as e:
+        except (DocumentError, grpc.UnsendableRequest) as e:
             raise ClientError(str(e)) from e
-        except GatewayError as e:
+        except grpc.GatewayError as e:
             if e.unreachable:
-                raise self._unreachable(e) from e
+                raise self._cannot_talk(e) from e
             raise ClientError(f"the search service at {self.host} failed the request: {e}") from e
 
     def _http_post(
         self, endpoint: str, docs: list[dict[str, Any]], parameters: dict[str, Any] | None = None
     ) -> list[dict[str, Any]]:
-        _wire_docs(endpoint, docs)  # a mistyped field is the caller's error: say so now
+        try:  # a mistyped field is the caller's error: say so now
+            checked_documents(endpoint, docs, SearchFields)
+        except DocumentError as e:
+            raise ClientError(str(e)) from e
         parameters = dict(parameters or {})
         headers = {}
         if "token" in parameters:  # over HTTP the token travels in its standard header
@@ -467,50 +478,31 @@ class SearchClient:
         return body.get("data") or []
 
     def _unreachable(self, error: Exception) -> ClientError:
-        if (
-            isinstance(error, ConnectionError | GatewayError)
-            or "ConnectionError" in type(error).__name__
-        ):
-            return ServiceUnreachable(
-                f"cannot talk to the search service at {self.host} ({type(error).__name__}: "
-                f"{error}); is the Flow running (jina flow --uses flow.yml)?"
-            )
+        if isinstance(error, ConnectionError) or "ConnectionError" in type(error).__name__:
+            return self._cannot_talk(error)
         return ClientError(f"the search service at {self.host} failed the request: {error!r}")
 
-
-def _wired(endpoint: str, batches: Iterable[list[dict]]) -> Iterator[DocList[SearchDoc]]:
-    """Each batch as wire documents, each named by its position in the whole job."""
-    offset = 0
-    for batch in batches:
-        yield _wire_docs(endpoint, batch, offset=offset)
-        offset += len(batch)
+    def _cannot_talk(self, error: Exception) -> ServiceUnreachable:
+        return ServiceUnreachable(
+            f"cannot talk to the search service at {self.host} ({type(error).__name__}: "
+            f"{error}); is the Flow running (jina flow --uses flow.yml)?"
+        )
 
 
-def _wire_docs(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> DocList[SearchDoc]:
-    """The documents as the wire's `SearchDoc`s, or a ClientError naming the first document
-    (by its position in the job, `offset` + index) and field that do not fit, before anything
-    is sent."""
-    wire = []
-    for i, doc in enumerate(docs):
-        error = _unsendable(doc)
-        if error is None:
-            try:
-                wire.append(SearchDoc(**doc))
-            except ValidationError as e:
-                error = schema_error(e)
-        if error is not None:
-            raise ClientError(
-                f"{endpoint} refused the request: document {offset + i}, {error} (checked "
-                f"before sending)"
-            )
-    return DocList[SearchDoc](wire)
-
-
-def _unsendable(doc: dict[str, Any]) -> str | None:
-    """Why a document cannot travel (`client.wire.wire_fault`), or None; checked before
-    anything else reads it."""
-    fault = wire_fault(doc, MAX_JSON_DEPTH, depth=3)  # body, data, document
-    return None if fault is None else f"field {fault.message()}"
+def _grpc_side() -> ModuleType:
+    """`client.grpc_transport`, imported on the first gRPC request: it loads jina's protobuf
+    messages and docarray (and torch, where installed), which HTTP does without."""
+    try:
+        from client import grpc_transport
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] not in _GRPC_PACKAGES:
+            raise
+        raise ClientError(
+            f"gRPC needs the grpc extra (jina, docarray), which this install lacks ({e}): "
+            f"pip install 'clip-finetune-search[grpc]', or use the service's HTTP API "
+            f"(--host http://HOST:51001)"
+        ) from e
+    return grpc_transport
 
 
 def _request_batches(docs: Iterable[dict[str, Any]], batch_size: int) -> Iterator[list[dict]]:
@@ -544,26 +536,6 @@ def _update_doc(change: dict[str, Any]) -> dict[str, Any]:
 
 def _outcome(doc: dict[str, Any]) -> Outcome:
     return Outcome(doc.get("id") or "", doc.get("error"))
-
-
-def _doc_dict(doc: Any) -> dict[str, Any]:
-    out = {"id": doc.id}
-    for name in ("text", "uri", "error", "tags", "info", "embedding", "embedded_by"):
-        if getattr(doc, name, None) is not None:
-            out[name] = getattr(doc, name)
-    if hasattr(doc, "matches"):
-        out["matches"] = [
-            {
-                "id": m.id,
-                "score": m.score,
-                "uri": m.uri,
-                "text": m.text,
-                "tags": m.tags,
-                "thumbnail": m.thumbnail,
-            }
-            for m in doc.matches
-        ]
-    return out
 
 
 def _json_doc(doc: dict[str, Any]) -> dict[str, Any]:

@@ -6,18 +6,26 @@ in a loop) whenever `prefetch` requests are in flight, burning a CPU core that t
 need. This speaks the same protocol (jina's `DataRequest` over the unary
 `JinaSingleDataRequestRPC` service) on one channel, and bounds the requests in flight on the
 client side by blocking on the oldest reply: nothing spins anywhere.
+
+`SearchClient` speaks plain dicts (`client.wire.SearchFields`); `doc_list` and `plain_doc` turn
+them into the wire's docarray documents and back. This module is the client's only one that
+imports jina and docarray, and `client.api` imports it on the first gRPC request only.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
+from docarray import DocList
 from jina.proto import jina_pb2
 from jina.proto.serializer import DataRequestProto
 from jina.types.request.data import DataRequest
+
+from client.wire import HEALTH, STATUS, checked_documents
+from client.wire_docs import SearchDoc, StatusDoc
 
 # Batches of photos exceed gRPC's default 4 MiB message limit; jina's gateway lifts it too.
 _UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
@@ -185,3 +193,44 @@ def _unreadable(error: Exception) -> str:
         f"the gateway's reply could not be read ({type(error).__name__}: {error}); an executor "
         f"of the Flow may be down"
     )
+
+
+def doc_list(endpoint: str, docs: list[dict[str, Any]], offset: int = 0) -> DocList[SearchDoc]:
+    """Plain documents as the wire's `SearchDoc`s, checked before anything is sent
+    (`client.wire.checked_documents`: a `DocumentError` names the first that does not fit, by
+    its position in the job, `offset` + index)."""
+    return DocList[SearchDoc](checked_documents(endpoint, docs, SearchDoc, offset))
+
+
+def doc_lists(endpoint: str, batches: Iterable[list[dict[str, Any]]]) -> Iterator[DocList]:
+    """Each batch as a `doc_list`, its documents named by their position in the whole job."""
+    offset = 0
+    for batch in batches:
+        yield doc_list(endpoint, batch, offset=offset)
+        offset += len(batch)
+
+
+def reply_type(endpoint: str) -> type[DocList]:
+    """The documents `endpoint` answers with."""
+    return DocList[StatusDoc if endpoint in (STATUS, HEALTH) else SearchDoc]
+
+
+def plain_doc(doc: Any) -> dict[str, Any]:
+    """A reply's document as the plain dict `SearchClient` returns (its set fields)."""
+    out = {"id": doc.id}
+    for name in ("text", "uri", "error", "tags", "info", "embedding", "embedded_by"):
+        if getattr(doc, name, None) is not None:
+            out[name] = getattr(doc, name)
+    if hasattr(doc, "matches"):
+        out["matches"] = [
+            {
+                "id": m.id,
+                "score": m.score,
+                "uri": m.uri,
+                "text": m.text,
+                "tags": m.tags,
+                "thumbnail": m.thumbnail,
+            }
+            for m in doc.matches
+        ]
+    return out

@@ -35,8 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from client.api import DEFAULT_HOST, ClientError, Hit, SearchClient
-from client.grpc_transport import GatewayError
+from client.api import DEFAULT_HOST, ClientError, Hit, SearchClient, ServiceUnreachable
 
 STATIC = Path(__file__).resolve().with_name("static")
 DEFAULT_UI_HOST = "127.0.0.1"
@@ -244,7 +243,7 @@ def _client_error(error: ClientError, search_host: str | None) -> JSONResponse:
     cause = error.__cause__
     message = str(error)
     if (
-        (isinstance(cause, GatewayError) and cause.unreachable)
+        isinstance(error, ServiceUnreachable)
         or isinstance(cause, requests.ConnectionError)
         or "cannot talk to the search service" in message
     ):

@@ -1,20 +1,26 @@
-"""The service's wire format: the docarray documents every request and answer carries, and
-the endpoints. The client owns it; the Flow's executors speak it.
+"""The service's wire format in plain Python: the endpoints, the limits of what travels, the
+fields of the documents every request and answer carries, and the checks a document passes
+before it is sent. The client owns it; the Flow's executors speak it.
+
+The fields are declared once, here, as plain pydantic models (`SearchFields`, `MatchFields`,
+`StatusFields`): an HTTP client checks documents against them without docarray, and
+`client.wire_docs` makes the docarray documents that jina and gRPC carry from them.
 
 One schema end to end keeps the Flow simple: the encoders fill `embedding`, the indexer stores
 or searches, and a document that cannot be processed gets `error` set (and no embedding)
 instead of failing the request, so the good documents beside it go through.
 """
 
-# No `from __future__ import annotations` here: jina builds the gateway's schema from these
-# classes at start-up and needs real (not string) annotations.
+# No `from __future__ import annotations` here: the docarray documents are made from these
+# fields, and jina builds the gateway's schema from them at start-up with real (not string)
+# annotations.
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from docarray import BaseDoc, DocList
-from docarray.typing import NdArray
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, ValidationError
+from pydantic_core import core_schema
 
 # Each endpoint passes only the executors that bind it: text search goes gateway -> text
 # encoder -> indexer, image search through the image encoder, /delete and /status straight
@@ -36,7 +42,32 @@ HEALTH = "/health"
 MAX_EXACT_INT = 2**53
 
 
-class Match(BaseDoc):
+# How deep a request's JSON may nest (MAX_JSON_DEPTH, likewise): deeper documents or
+# parameters would be refused whole, or fail to decode inside the Flow over gRPC.
+MAX_JSON_DEPTH = 16
+
+
+class Array:
+    """The type of a field holding an array. docarray's `NdArray` in the wire's documents
+    (`client.wire_docs`); in the plain fields a numpy array, or (nested) lists or tuples of
+    numbers, taken as given: the service reads them."""
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(_array)
+
+
+def _array(value: Any) -> Any:
+    if isinstance(value, list | tuple) or hasattr(value, "__array__"):
+        return value
+    raise ValueError(
+        f"expected an array (a numpy array, or nested lists of numbers), got {type(value).__name__}"
+    )
+
+
+class MatchFields(BaseModel):
     """One search hit: the stored fields of an indexed document and its cosine score."""
 
     score: float = 0.0
@@ -46,12 +77,14 @@ class Match(BaseDoc):
     thumbnail: str | None = None  # data: URI, with parameters {"thumbnails": true}
 
 
-class SearchDoc(BaseDoc):
+class SearchFields(BaseModel):
+    """A document to index, update, get or delete, a query, or an answer with its `matches`."""
+
     text: str | None = None
     uri: str | None = None
     blob: bytes | None = None
-    tensor: NdArray | None = None
-    embedding: NdArray | None = None
+    tensor: Array | None = None
+    embedding: Array | None = None
     tags: dict[str, Any] = {}
     thumbnail: bytes | None = None  # JPEG, from the image encoder to the indexer
     # Which tower made `embedding` (`clip-text:FINGERPRINT`, `clip-vision:…`): set by the
@@ -59,17 +92,15 @@ class SearchDoc(BaseDoc):
     # embedding the caller gave. `towers`: the encoders a document to store passed.
     embedded_by: str | None = None
     towers: dict[str, str] = {}
-    # A factory, not a default instance: pydantic deep-copies a mutable default for every new
-    # document, and a DocList copies by pickling. The schema keeps `"default": []`: jina's
-    # gateway rebuilds the model from it, and without a default there the HTTP endpoint would
-    # require `matches` in every request.
-    matches: DocList[Match] = Field(
-        default_factory=DocList[Match], json_schema_extra={"default": []}
-    )
+    # A factory, not a default instance (an empty DocList in the docarray document): pydantic
+    # deep-copies a mutable default for every new document, and a DocList copies by pickling.
+    # The schema keeps `"default": []`: jina's gateway rebuilds the model from it, and without
+    # a default there the HTTP endpoint would require `matches` in every request.
+    matches: list[MatchFields] = Field(default_factory=list, json_schema_extra={"default": []})
     error: str | None = None
 
 
-class StatusDoc(BaseDoc):
+class StatusFields(BaseModel):
     """Answer of `/status` (counts and index parameters) and, one per executor reached, of
     `/health` (`{"executor": runtime name, "shard": number or None}`)."""
 
@@ -82,6 +113,43 @@ def schema_error(error: ValidationError) -> str:
     first = error.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or "?"
     return f"field {field}: {first['msg']}"
+
+
+Document = TypeVar("Document", bound=BaseModel)
+
+
+class DocumentError(ValueError):
+    """A document the client will not send; the message names it and its field."""
+
+
+def checked_documents(
+    endpoint: str, docs: list[dict[str, Any]], model: Callable[..., Document], offset: int = 0
+) -> list[Document]:
+    """`docs` as `model`s (the plain `SearchFields` for HTTP, the docarray `SearchDoc` for
+    gRPC), checked before anything is sent: first what the wire cannot carry
+    (`document_fault`), then the schema. A `DocumentError` names the first document that does
+    not fit, by its position in the job (`offset` + index), and its field."""
+    checked = []
+    for i, doc in enumerate(docs):
+        error = document_fault(doc)
+        if error is None:
+            try:
+                checked.append(model(**doc))
+            except ValidationError as e:
+                error = schema_error(e)
+        if error is not None:
+            raise DocumentError(
+                f"{endpoint} refused the request: document {offset + i}, {error} (checked "
+                f"before sending)"
+            )
+    return checked
+
+
+def document_fault(doc: dict[str, Any]) -> str | None:
+    """Why a document of a request cannot travel (`wire_fault`), or None; checked before
+    anything else reads it."""
+    fault = wire_fault(doc, MAX_JSON_DEPTH, depth=3)  # body, data, document
+    return None if fault is None else f"field {fault.message()}"
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from client.api import SearchClient, images_to_index
 from demo import REPO
 from demo.served_flow import ServedFlow, flow_env
-from finetune.data import load_pairs
+from imagepairs.pairs import load_pairs
 
 
 def search_demo(

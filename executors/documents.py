@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from docarray import DocList
 
-from client.wire import Match as WireMatch
-from client.wire import SearchDoc
+from client.wire_docs import Match as WireMatch
+from client.wire_docs import SearchDoc
 from executors.metrics import ServiceMetrics
 from search.access import token_error
 from search.documents import Document, Match

@@ -17,13 +17,14 @@ from typing import Any
 from docarray import DocList
 from jina import requests
 
-from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE, SearchDoc, StatusDoc
+from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE
+from client.wire_docs import SearchDoc, StatusDoc
 from executors import health
 from executors.base import ServiceExecutor
 from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from executors.metrics import ServiceMetrics
-from finetune.images import MAX_IMAGE_PIXELS
+from imagepairs.images import MAX_IMAGE_PIXELS
 from search.encoders import DEFAULT_MINIBATCH, ImageEncoder, TextEncoder, torch_threads
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
 

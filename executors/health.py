@@ -16,7 +16,7 @@ from typing import Any
 
 from docarray import DocList
 
-from client.wire import StatusDoc
+from client.wire_docs import StatusDoc
 from search.sharding import missing_shard_ids
 
 

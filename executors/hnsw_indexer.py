@@ -25,19 +25,8 @@ from typing import Any
 from docarray import DocList
 from jina import requests
 
-from client.wire import (
-    DELETE,
-    GET,
-    HEALTH,
-    INDEX,
-    SEARCH_IMAGE,
-    SEARCH_TEXT,
-    STATUS,
-    UPDATE,
-    Match,
-    SearchDoc,
-    StatusDoc,
-)
+from client.wire import DELETE, GET, HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, STATUS, UPDATE
+from client.wire_docs import Match, SearchDoc, StatusDoc
 from executors import health
 from executors.base import ServiceExecutor
 from executors.documents import refused_without_token, to_core, to_wire

@@ -42,11 +42,10 @@ from client.wire import (
     SEARCH_TEXT,
     STATUS,
     UPDATE,
-    SearchDoc,
-    StatusDoc,
     schema_error,
     wire_fault,
 )
+from client.wire_docs import SearchDoc, StatusDoc
 from executors.http_schema import SCHEMAS, request_body, responses
 from search.access import TOKEN_PARAMETER, without_token
 from search.limits import MAX_JSON_DEPTH, MAX_REQUEST_BYTES, request_error

@@ -10,11 +10,11 @@ import numpy as np
 from PIL import Image
 
 from finetune.artifact import TEXT_TOWER, VISION_TOWER, load_model
-from finetune.data import load_pairs
 from finetune.evaluation import DEFAULT_RECALL_K, evaluate_bundle, evaluate_towers
-from finetune.images import has_image, is_image_path, load_image
 from finetune.models import CLIPBundle, resolve_device
 from finetune.towers import TextTower, VisionTower, load_tower, tower_from_bundle
+from imagepairs.images import has_image, is_image_path, load_image
+from imagepairs.pairs import load_pairs
 
 Model = CLIPBundle | TextTower | VisionTower
 

@@ -21,11 +21,11 @@ from typing import Any
 
 from finetune import atomic
 from finetune.artifact import load_model
-from finetune.data import detect_format, load_pairs
 from finetune.evaluation import evaluate_bundle
 from finetune.models import resolve_device
 from finetune.report import make_row, write_report
 from finetune.train import FitConfig, fit
+from imagepairs.pairs import detect_format, load_pairs
 
 log = logging.getLogger("finetune")
 

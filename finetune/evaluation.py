@@ -12,11 +12,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from finetune.data import PairSet
-from finetune.images import load_image
 from finetune.metrics import retrieval_metrics
 from finetune.models import CLIPBundle
 from finetune.text_length import encode_text, supports_trimming
+from imagepairs.images import load_image
+from imagepairs.pairs import PairSet
 
 DEFAULT_RECALL_K = (1, 5, 10)
 

@@ -23,7 +23,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preproc
 from PIL import Image
 from torch import Tensor, nn
 
-from finetune.images import load_image
+from imagepairs.images import load_image
 
 log = logging.getLogger(__name__)
 

@@ -29,12 +29,13 @@ from finetune.accumulation import MicroBatch, autocast_for, contrastive_backward
 from finetune.artifact import RUN_CONFIG, load_model, load_towers_into, save_towers
 from finetune.atomic import write_json
 from finetune.checkpoint import CHECKPOINT, TrainState, load_checkpoint, save_checkpoint
-from finetune.data import FORMATS, PairDataset, PairSet, detect_format, load_pairs
+from finetune.dataset import PairDataset
 from finetune.distributed import Dist, barrier, broadcast_flag, data_parallel, setup_distributed
 from finetune.evaluation import DEFAULT_RECALL_K, default_workers, evaluate_bundle
 from finetune.loss import LOSSES, create_loss
 from finetune.models import CLIPBundle
 from finetune.text_length import RealLengthCLIP, supports_trimming, trimmed_collate
+from imagepairs.pairs import FORMATS, PairSet, detect_format, load_pairs
 
 log = logging.getLogger("finetune")
 
@@ -77,7 +78,7 @@ class FitConfig:
     resume: str | None = None
     wise_ft: float | None = None
     max_steps: int | None = None
-    # data-format options, passed to finetune.data.load_pairs for train and eval data
+    # data-format options, passed to imagepairs.pairs.load_pairs for train and eval data
     format: str = "auto"
     image_root: str | None = None
     split: str | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.images import has_image
+from imagepairs.images import has_image
 
 
 @dataclass

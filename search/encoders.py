@@ -18,11 +18,11 @@ from typing import Any
 import torch
 
 from finetune.artifact import FINGERPRINT, TEXT_TOWER, VISION_TOWER
-from finetune.batching import batched
-from finetune.images import MAX_IMAGE_PIXELS
 from finetune.models import resolve_device
 from finetune.tower_ids import tower_id
 from finetune.towers import load_tower
+from imagepairs.batching import batched
+from imagepairs.images import MAX_IMAGE_PIXELS
 from search.documents import Document
 from search.images import DEFAULT_MAX_BYTES, ImagePolicy, PixelBudget, check_resize_cost
 from search.limits import MAX_REQUEST_PIXELS, document_error, refuse_oversized

@@ -5,7 +5,7 @@ files only under `allowed_roots` (symlinks and `..` resolved first, so nothing e
 http(s) only with `allow_remote=True` (no server-side request forgery by default); size limits
 on bytes and pixels. Every refusal is an `ImageError` whose message says what to change.
 
-All decoding goes through `finetune.images.load_image`, the function training uses, so the
+All decoding goes through `imagepairs.images.load_image`, the function training uses, so the
 service sees the same pixels the model was trained on.
 """
 
@@ -29,7 +29,7 @@ import numpy as np
 import requests
 from PIL import Image
 
-from finetune.images import MAX_IMAGE_PIXELS, ImageError, load_image, to_rgb
+from imagepairs.images import MAX_IMAGE_PIXELS, ImageError, load_image, to_rgb
 from search.limits import pixel_budget_error
 
 # An image file or blob larger than this is refused before it is decoded.

@@ -18,7 +18,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 
 # The Flow's executors: a parameter of that name is theirs (jina), not a hostile input.
 EXECUTOR_NAMES = ("image_encoder", "text_encoder", "indexer")

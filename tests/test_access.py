@@ -9,7 +9,8 @@ import pytest
 from docarray import DocList
 
 from client.api import SearchClient
-from client.wire import DELETE, INDEX, SEARCH_TEXT, UPDATE, SearchDoc
+from client.wire import DELETE, INDEX, SEARCH_TEXT, UPDATE
+from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
 from executors.encoders import CLIPTextEncoder
 from executors.hnsw_indexer import HNSWIndexer

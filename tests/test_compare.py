@@ -44,7 +44,7 @@ def test_dataset_layouts(sample_dir, tmp_path):
 
 def test_a_kaggle_flickr8k_folder_is_split_by_image(sample_dir, tmp_path):
     """Only captions.txt + images/: split by image, the same way every time."""
-    from finetune.data import load_pairs
+    from imagepairs.pairs import load_pairs
 
     kaggle = tmp_path / "flickr8k"
     kaggle.mkdir()

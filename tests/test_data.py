@@ -1,4 +1,4 @@
-"""finetune.data: every supported format, detection, path resolution, and every kind of bad row."""
+"""imagepairs.pairs: every supported format, detection, path resolution, every kind of bad row."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from finetune import data
-from finetune.data import (
+from finetune.dataset import PairDataset
+from imagepairs import pairs as data
+from imagepairs.pairs import (
     FORMAT_READERS,
     FORMATS,
     DataError,
     Pair,
-    PairDataset,
     PairSet,
     detect_format,
     load_pairs,
@@ -364,7 +364,7 @@ def test_karpathy_unknown_split_lists_the_splits(tmp_path: Path) -> None:
 
 
 def test_karpathy_without_split_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="finetune.data"):
+    with caplog.at_level(logging.WARNING, logger="imagepairs.pairs"):
         load_pairs(karpathy_file(tmp_path))
     assert "no split chosen" in caplog.text
 
@@ -517,7 +517,7 @@ def test_split_ignored_for_formats_without_splits(
     imgs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write(imgs / "p.csv", "img/a.jpg,a\n")
-    with caplog.at_level(logging.WARNING, logger="finetune.data"):
+    with caplog.at_level(logging.WARNING, logger="imagepairs.pairs"):
         assert len(load_pairs(path, split="train").pairs) == 1
     assert "split 'train' ignored" in caplog.text
 

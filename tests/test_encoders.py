@@ -18,15 +18,16 @@ import torch
 from docarray import DocList
 from PIL import Image
 
-from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT, SearchDoc
+from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT
+from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
 from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
 from executors.flow_env import apply_flow_env_defaults, is_unset, setting
 from finetune.artifact import read_tower_state
-from finetune.batching import batched
-from finetune.images import ImageError
 from finetune.models import resolve_device
 from finetune.towers import load_tower
+from imagepairs.batching import batched
+from imagepairs.images import ImageError
 from search.encoders import EMPTY_TEXT_ERROR, clip_text, resolve_dtype, torch_threads
 from search.images import ImagePolicy, path_list
 

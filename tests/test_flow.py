@@ -23,12 +23,14 @@ from pathlib import Path
 
 import pytest
 import requests
+import tomllib
 from docarray import DocList
 from PIL import Image, ImageDraw
 
 from client.api import MAX_DOCS, IndexItem, SearchClient
 from client.grpc_transport import GrpcTransport
-from client.wire import SEARCH_IMAGE, SearchDoc, StatusDoc
+from client.wire import SEARCH_IMAGE
+from client.wire_docs import SearchDoc, StatusDoc
 from demo import BASE_MODEL_DIR, REPO, served_flow
 from demo.served_flow import ServedFlow
 from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS
@@ -547,8 +549,11 @@ def test_flow_yml_takes_the_environment(monkeypatch, tmp_path):
 def test_dockerfile_installs_like_the_makefile_and_copies_existing_files():
     dockerfile = (REPO / "Dockerfile").read_text()
     makefile = (REPO / "Makefile").read_text()
-    assert "pip install -c constraints.txt -e ." in dockerfile
-    assert "-c constraints.txt -e " in makefile  # the Makefile's own install step
+    # the image installs the service's extra; the Makefile's `dev` includes it
+    assert 'pip install -c constraints.txt -e ".[serve]"' in dockerfile
+    assert '-c constraints.txt -e ".[dev]"' in makefile  # the Makefile's own install step
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert "clip-finetune-search[serve,train,onnx]" in project["optional-dependencies"]["dev"]
     assert '"setuptools>=77,<81"' in dockerfile and '"setuptools>=77,<81"' in makefile
     for line in dockerfile.splitlines():
         if line.startswith("COPY ") and "--from" not in line:

@@ -9,7 +9,7 @@ from docarray import DocList
 from jina.proto import jina_pb2
 
 from client.grpc_transport import GatewayError, GrpcTransport
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 
 
 class FakeFuture:

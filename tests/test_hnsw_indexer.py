@@ -13,7 +13,7 @@ import pytest
 import yaml
 from docarray import DocList
 
-from client.wire import Match, SearchDoc, StatusDoc
+from client.wire_docs import Match, SearchDoc, StatusDoc
 from demo.served_flow import ServedFlow
 from executors.hnsw_indexer import HNSWIndexer, MatchMerger
 from search.index import IMAGE, NO_CONTENT_ERROR, TEXT, WRONG_MODALITY, positive_int

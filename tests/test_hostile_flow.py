@@ -23,7 +23,7 @@ from test_flow import flow_env
 
 from client.api import ClientError, SearchClient
 from client.grpc_transport import GatewayError, GrpcTransport, _request
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
 from demo.served_flow import ServedFlow
 from search.limits import MAX_DOCS_PER_REQUEST

@@ -22,12 +22,12 @@ from jina.types.request.data import DataRequest
 from client.api import MAX_JSON_DEPTH as CLIENT_MAX_JSON_DEPTH
 from client.api import ClientError, IndexItem, SearchClient
 from client.wire import MAX_EXACT_INT as WIRE_MAX_EXACT_INT
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 from executors import encoders, hnsw_indexer
 from executors.gateway import EXECUTOR_CLASSES, scrubbed
 from executors.http_api import Refused, read_request, reply_body
-from finetune.data import load_pairs
-from finetune.images import ImageError
+from imagepairs.images import ImageError
+from imagepairs.pairs import load_pairs
 from search.documents import Document
 from search.hnsw_store import HNSWStore, check_vector
 from search.images import ImagePolicy

@@ -19,7 +19,7 @@ from docarray import DocList
 from test_flow import flow_env
 
 from client.api import ClientError, SearchClient
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
 from demo.served_flow import ServedFlow
 from executors.gateway import deployments_at

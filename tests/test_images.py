@@ -1,4 +1,4 @@
-"""finetune.images.load_image: every image mode to 8-bit RGB, EXIF rotation, and refusals."""
+"""imagepairs.images.load_image: every image mode to 8-bit RGB, EXIF rotation, and refusals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune.images import MAX_IMAGE_PIXELS, ImageError, is_image_path, load_image
+from imagepairs.images import MAX_IMAGE_PIXELS, ImageError, is_image_path, load_image
 
 WHITE, RED = (255, 255, 255), (255, 0, 0)
 

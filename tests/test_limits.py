@@ -13,7 +13,7 @@ from PIL import Image
 
 from client.api import IndexItem
 from demo import BASE_MODEL_DIR
-from finetune.images import ImageError
+from imagepairs.images import ImageError
 from search import limits
 from search.documents import Document
 from search.encoders import ImageEncoder, TextEncoder

@@ -242,9 +242,9 @@ def test_no_caption_can_overflow_the_text_context():
 
 
 def test_the_project_loader_reads_it(dataset):
-    if importlib.util.find_spec("finetune.data") is None:
-        pytest.skip("finetune/data.py is not written yet")
-    from finetune.data import load_pairs
+    if importlib.util.find_spec("imagepairs.pairs") is None:
+        pytest.skip("imagepairs/pairs.py is not written yet")
+    from imagepairs.pairs import load_pairs
 
     pairs = load_pairs(dataset.captions_file, format="flickr8k").pairs
     assert len(pairs) == dataset.n_captions

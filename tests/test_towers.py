@@ -10,11 +10,11 @@ import torch
 from docarray import DocList
 
 import finetune
-from client.wire import SearchDoc
+from client.wire_docs import SearchDoc
 from finetune.artifact import load_model, save_towers
-from finetune.images import load_image
 from finetune.models import ModelSpec, create_clip
 from finetune.towers import load_tower
+from imagepairs.images import load_image
 
 
 def _full_model_embeddings(run_dir, texts, image_paths):

@@ -1,4 +1,5 @@
-"""Read image-caption training pairs from the data files users already have.
+"""Read image-caption pairs from the data files users already have: for training, evaluation
+and indexing.
 
 `load_pairs` reads five formats; with ``format="auto"`` it tells them apart from the file:
 
@@ -39,11 +40,9 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-import torch
-from PIL import Image
 from tqdm import tqdm
 
-from finetune.images import IMAGE_EXTENSIONS, ImageError, is_image_path, load_image
+from imagepairs.images import IMAGE_EXTENSIONS, ImageError, is_image_path, load_image
 
 _LOG = logging.getLogger(__name__)
 
@@ -803,26 +802,3 @@ def _usable_pairs(
         len(pair_set.images()),
     )
     return pair_set
-
-
-class PairDataset(torch.utils.data.Dataset):
-    """(image tensor, token ids) per pair; images are decoded when the item is fetched."""
-
-    def __init__(
-        self,
-        pairs: Sequence[Pair],
-        preprocess: Callable[[Image.Image], torch.Tensor],
-        tokenizer: Callable[[list[str]], torch.Tensor],
-    ):
-        self.pairs = list(pairs)
-        self.preprocess = preprocess
-        self.tokenizer = tokenizer
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pair = self.pairs[index]
-        image = self.preprocess(load_image(pair.image))
-        tokens = torch.as_tensor(self.tokenizer([pair.caption]))[0].long()
-        return image, tokens
