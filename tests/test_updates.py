@@ -64,7 +64,7 @@ EXPECTED_TAGS = {
 def snapshot(service: SearchService, doc_id: str) -> dict:
     [doc] = service.get([doc_id])
     assert doc.error is None
-    thumbnail = service.index_.thumbnails.get([doc_id]).get(doc_id)
+    thumbnail = service.shard.thumbnails.get([doc_id]).get(doc_id)
     return {
         "text": doc.text,
         "uri": doc.uri,

@@ -6,7 +6,7 @@ encoder) are passed through untouched, and one that arrives without an embedding
 (nothing to embed, or an image sent to text search and vice versa). Answers carry no large
 payloads (`blob`, `tensor`, `embedding`).
 
-One `Index` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
+One `IndexShard` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
 `search.sharding` for how ids are routed.
 
 The index records the towers that embedded it at its first write and refuses embeddings made
@@ -64,7 +64,7 @@ WRONG_MODALITY = {
 }
 
 
-class Index:
+class IndexShard:
     """One shard of the durable cosine index, answering per document."""
 
     def __init__(

@@ -7,7 +7,7 @@ from docarray import DocList
 
 from client.wire_docs import Match as WireMatch
 from client.wire_docs import SearchDoc
-from executors.metrics import ServiceMetrics
+from executors.service_metrics import ServiceMetrics
 from search.access import token_error
 from search.documents import Document, Match
 
