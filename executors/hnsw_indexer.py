@@ -32,7 +32,7 @@ from executors.base import ServiceExecutor
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
 from executors.service_metrics import ServiceMetrics
 from executors.wire_conversion import refused_without_token, to_core, to_wire
-from search.documents import Document
+from imagepairs.documents import Document
 from search.hnsw_store import HNSWStore
 from search.index_shard import (
     DEFAULT_MAX_LIMIT,

@@ -22,8 +22,8 @@ from finetune.models import resolve_device
 from finetune.tower_ids import tower_id
 from finetune.towers import load_tower
 from imagepairs.batching import batched
+from imagepairs.documents import Document
 from imagepairs.images import MAX_IMAGE_PIXELS
-from search.documents import Document
 from search.image_policy import DEFAULT_MAX_BYTES, ImagePolicy, PixelBudget, check_resize_cost
 from search.limits import MAX_REQUEST_PIXELS, document_error, refuse_oversized
 from search.thumbnails import make_thumbnail

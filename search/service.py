@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.artifact import TEXT_TOWER, VISION_TOWER, is_run_dir
-from search.documents import Document, Match
+from imagepairs.documents import Document, Match
 from search.encoders import ImageEncoder, TextEncoder
 from search.hnsw_store import HNSWStore
 from search.image_policy import ImagePolicy

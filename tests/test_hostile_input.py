@@ -26,9 +26,9 @@ from client.wire_docs import SearchDoc
 from executors import encoders, hnsw_indexer
 from executors.gateway import EXECUTOR_CLASSES, scrubbed
 from executors.http_api import Refused, read_request, reply_body
+from imagepairs.documents import Document
 from imagepairs.images import ImageError
 from imagepairs.pairs import load_pairs
-from search.documents import Document
 from search.hnsw_store import HNSWStore, check_vector
 from search.image_policy import ImagePolicy
 from search.index_shard import IndexShard

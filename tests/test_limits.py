@@ -13,9 +13,9 @@ from PIL import Image
 
 from client.api import IndexItem
 from demo import BASE_MODEL_DIR
+from imagepairs.documents import Document
 from imagepairs.images import ImageError
 from search import limits
-from search.documents import Document
 from search.encoders import ImageEncoder, TextEncoder
 from search.hnsw_store import HNSWStore
 from search.image_policy import ImagePolicy, PixelBudget

@@ -17,7 +17,7 @@ from PIL import Image
 
 from demo import BASE_MODEL_DIR, REPO
 from finetune.onnx_export import export_onnx
-from search.documents import Document, Match
+from imagepairs.documents import Document, Match
 from search.hnsw_store import HNSWStore
 from search.index_shard import IndexShard
 from search.service import SearchError, SearchService
@@ -204,7 +204,7 @@ def test_the_core_runs_without_jina_or_docarray(tmp_path):
         f"""
         import io, sys
         from PIL import Image
-        from search.documents import Document
+        from imagepairs.documents import Document
         from search.service import SearchService
         buf = io.BytesIO(); Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "PNG")
         with SearchService.open({str(BASE_MODEL_DIR)!r}, {str(tmp_path)!r}, num_threads=1) as s:

@@ -26,7 +26,7 @@ from demo.served_flow import ServedFlow, flow_env
 from finetune.artifact import FINGERPRINT, load_model, read_tower_config, save_towers
 from finetune.tower_ids import TEXT_TOWER, VISION_TOWER, tower_id
 from finetune.towers import load_tower, tower_from_bundle
-from search.documents import Document
+from imagepairs.documents import Document
 from search.hnsw_store import UNRECORDED, HNSWStore
 from search.index_shard import IndexShard
 from search.towers import COMPATIBLE_SETTING, parse_compatible, tower_error, towers_error

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from demo import BASE_MODEL_DIR
-from search.documents import Document
+from imagepairs.documents import Document
 from search.service import SearchService
 
 TAGS = {"gender": "Men", "article": "Tshirts", "colour": "Red", "year": 2012, "season": "Fall"}
