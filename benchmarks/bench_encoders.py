@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     from docarray import DocList
 
     from client.wire_docs import SearchDoc
-    from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
+    from executors.clip_encoders import CLIPImageEncoder, CLIPTextEncoder
     from finetune.artifact import save_towers
     from finetune.models import create_clip
 

@@ -51,7 +51,7 @@ from timing import Stopwatch, in_blocks, percentile
 from demo import BASE_MODEL_DIR
 from demo.served_flow import ServedFlow, flow_env
 from imagepairs.batching import batched
-from search.documents import Document
+from imagepairs.documents import Document
 from search.encoders import ImageEncoder, TextEncoder
 from search.hnsw_store import HNSWStore
 

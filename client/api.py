@@ -51,6 +51,7 @@ from client.wire import (
     wire_fault,
 )
 from imagepairs.batching import batched
+from imagepairs.documents import STORED_FIELDS, Document, Match, from_plain
 from imagepairs.images import is_image_path
 from imagepairs.pairs import load_pairs
 
@@ -94,16 +95,8 @@ class Health:
     error: str | None = None
 
 
-@dataclass
-class Hit:
-    """One search result."""
-
-    id: str
-    score: float
-    uri: str | None = None
-    text: str | None = None
-    tags: dict[str, Any] = field(default_factory=dict)
-    thumbnail: str | None = None  # a data: URI, when asked for
+# One search result: `imagepairs.documents.Match` (id, score, and the stored fields it has).
+Hit = Match
 
 
 @dataclass
@@ -111,21 +104,6 @@ class Outcome:
     """What the service said about one document sent to it."""
 
     id: str
-    error: str | None = None
-
-
-@dataclass
-class Stored:
-    """A stored document as `SearchClient.get` returns it (`error` set for an unknown id).
-    `embedded_by`: the tower that made its embedding (`clip-vision:FINGERPRINT`), None for
-    an embedding given by whoever indexed it."""
-
-    id: str
-    text: str | None = None
-    uri: str | None = None
-    tags: dict[str, Any] = field(default_factory=dict)
-    embedded_by: str | None = None
-    embedding: list[float] | None = None  # with get(..., embeddings=True)
     error: str | None = None
 
 
@@ -269,38 +247,22 @@ class SearchClient:
         [answer] = self.post(endpoint, [doc], parameters)
         if answer.get("error"):
             raise ClientError(f"search failed: {answer['error']}")
-        hits = [
-            Hit(
-                m["id"],
-                float(m["score"]),
-                m.get("uri"),
-                m.get("text"),
-                m.get("tags") or {},
-                m.get("thumbnail"),
-            )
-            for m in answer.get("matches") or []
-            if m["id"] != like
-        ]
+        hits = [from_plain(Match, m) for m in answer.get("matches") or [] if m["id"] != like]
         return hits[:limit]
 
-    def get(self, ids: Iterable[str], embeddings: bool = False) -> list[Stored]:
-        """The stored fields of each id, in order; an unknown id comes back with its error.
-        `embeddings`: include each stored (normalised) embedding."""
+    def get(self, ids: Iterable[str], embeddings: bool = False) -> list[Document]:
+        """The stored fields (`STORED_FIELDS`: text, uri, tags, embedded_by) of each id, in
+        order; an unknown id comes back with its error. `embeddings`: include each stored
+        (normalised) embedding, as a float32 array."""
         stored = []
         for batch in batched(({"id": str(i)} for i in ids), MAX_DOCS):
             for doc in self.post(GET, batch):
                 vector = doc.get("embedding") if embeddings else None
-                stored.append(
-                    Stored(
-                        id=doc.get("id") or "",
-                        text=doc.get("text"),
-                        uri=doc.get("uri"),
-                        tags=doc.get("tags") or {},
-                        embedded_by=doc.get("embedded_by"),
-                        embedding=None if vector is None else np.asarray(vector).tolist(),
-                        error=doc.get("error"),
-                    )
-                )
+                plain = {k: doc.get(k) for k in ("id", "error", *STORED_FIELDS)}
+                found = from_plain(Document, plain)
+                found.id = found.id or ""
+                found.embedding = None if vector is None else np.asarray(vector, np.float32)
+                stored.append(found)
         return stored
 
     def update(

@@ -24,11 +24,11 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
 
 from tqdm import tqdm
 
 from client.api import DEFAULT_HOST, ClientError, Outcome, SearchClient, images_to_index
+from imagepairs.documents import STORED_FIELDS
 
 # Failed documents listed in full at the end of `index`; the rest are counted.
 MAX_LISTED_ERRORS = 20
@@ -177,8 +177,11 @@ def cmd_get(client: SearchClient, args: argparse.Namespace, parser) -> int:
     found = client.get(args.ids, embeddings=args.embeddings)
     for doc in found:
         if doc.error is None:
-            fields = {k: v for k, v in asdict(doc).items() if v is not None and k != "error"}
-            print(json.dumps(fields, ensure_ascii=False))
+            fields = {k: getattr(doc, k) for k in ("id", *STORED_FIELDS)}
+            if doc.embedding is not None:
+                fields["embedding"] = doc.embedding.tolist()
+            shown = {k: v for k, v in fields.items() if v is not None}
+            print(json.dumps(shown, ensure_ascii=False))
     failed = [Outcome(d.id, d.error) for d in found if d.error]
     _print_failures(failed)
     return 1 if failed else 0

@@ -216,21 +216,17 @@ def reply_type(endpoint: str) -> type[DocList]:
 
 
 def plain_doc(doc: Any) -> dict[str, Any]:
-    """A reply's document as the plain dict `SearchClient` returns (its set fields)."""
+    """A reply's document as the plain dict `SearchClient` returns: its id and every field
+    that is set, its matches as dicts of their fields."""
     out = {"id": doc.id}
-    for name in ("text", "uri", "error", "tags", "info", "embedding", "embedded_by"):
-        if getattr(doc, name, None) is not None:
-            out[name] = getattr(doc, name)
+    for name in type(doc).model_fields:
+        value = getattr(doc, name)
+        if name != "matches" and value is not None:
+            out[name] = value
     if hasattr(doc, "matches"):
-        out["matches"] = [
-            {
-                "id": m.id,
-                "score": m.score,
-                "uri": m.uri,
-                "text": m.text,
-                "tags": m.tags,
-                "thumbnail": m.thumbnail,
-            }
-            for m in doc.matches
-        ]
+        out["matches"] = [{"id": m.id, **_set_fields(m)} for m in doc.matches]
     return out
+
+
+def _set_fields(doc: Any) -> dict[str, Any]:
+    return {name: getattr(doc, name) for name in type(doc).model_fields if name != "id"}

@@ -12,13 +12,15 @@ nothing else (no indexing, no deleting). Endpoints:
     POST /api/search_image  an image (raw body or multipart field `file`); query string
                             `limit`, `filter` (JSON) -> hits
 
-Hits are `{"hits": [{"id", "score", "text", "tags", "thumbnail"}]}`. Errors are
-`{"error": message}`: 400 for a bad query (filter, image, limit), 404 for an unknown id, 413
-for an upload over `MAX_UPLOAD_BYTES`, 503 when the Flow cannot be reached, 502 when it failed.
+Hits are `{"hits": [match, ...]}`, each a search match's fields but its uri (`id`, `score`,
+`text`, `tags`, `thumbnail`). Errors are `{"error": message}`: 400 for a bad query (filter,
+image, limit), 404 for an unknown id, 413 for an upload over `MAX_UPLOAD_BYTES`, 503 when the
+Flow cannot be reached, 502 when it failed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import threading
@@ -229,14 +231,9 @@ def _search(
 
 
 def _hit(hit: Hit) -> dict[str, Any]:
-    # no uri: where the service keeps its files is none of the page's business
-    return {
-        "id": hit.id,
-        "score": hit.score,
-        "text": hit.text,
-        "tags": hit.tags,
-        "thumbnail": hit.thumbnail,
-    }
+    # every field of the match but its uri: where the service keeps its files is none of the
+    # page's business
+    return {k: v for k, v in dataclasses.asdict(hit).items() if k != "uri"}
 
 
 def _client_error(error: ClientError, search_host: str | None) -> JSONResponse:

@@ -2,9 +2,10 @@
 fields of the documents every request and answer carries, and the checks a document passes
 before it is sent. The client owns it; the Flow's executors speak it.
 
-The fields are declared once, here, as plain pydantic models (`SearchFields`, `MatchFields`,
-`StatusFields`): an HTTP client checks documents against them without docarray, and
-`client.wire_docs` makes the docarray documents that jina and gRPC carry from them.
+The documents' fields are declared once, in `imagepairs.documents`; here they become plain
+pydantic models (`SearchFields`, `MatchFields`, beside `StatusFields`): an HTTP client checks
+documents against them without docarray, and `client.wire_docs` makes the docarray documents
+that jina and gRPC carry from them.
 
 One schema end to end keeps the Flow simple: the encoders fill `embedding`, the indexer stores
 or searches, and a document that cannot be processed gets `error` set (and no embedding)
@@ -14,13 +15,18 @@ instead of failing the request, so the good documents beside it go through.
 # No `from __future__ import annotations` here: the docarray documents are made from these
 # fields, and jina builds the gateway's schema from them at start-up with real (not string)
 # annotations.
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import UnionType
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from pydantic import BaseModel, Field, GetCoreSchemaHandler, ValidationError
+import numpy as np
+from pydantic import BaseModel, Field, GetCoreSchemaHandler, ValidationError, create_model
 from pydantic_core import core_schema
+
+from imagepairs.documents import Document, Match
 
 # Each endpoint passes only the executors that bind it: text search goes gateway -> text
 # encoder -> indexer, image search through the image encoder, /delete and /status straight
@@ -67,37 +73,48 @@ def _array(value: Any) -> Any:
     )
 
 
-class MatchFields(BaseModel):
-    """One search hit: the stored fields of an indexed document and its cosine score."""
+def _wire_type(annotation: Any) -> Any:
+    """A field's type on the wire: an array is an `Array`, a list of `Match`es a list of
+    `MatchFields`."""
+    if annotation is np.ndarray:
+        return Array
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, UnionType):
+        return Union[tuple(_wire_type(arg) for arg in args)]  # noqa: UP007
+    if origin is list and args == (Match,):
+        return list[MatchFields]
+    return annotation
 
-    score: float = 0.0
-    uri: str | None = None
-    text: str | None = None
-    tags: dict[str, Any] = {}
-    thumbnail: str | None = None  # data: URI, with parameters {"thumbnails": true}
+
+def _fields_model(name: str, shape: type) -> type[BaseModel]:
+    """The pydantic model of a document of `imagepairs.documents` as it travels: its fields
+    but `id` (docarray's documents bring their own), their types on the wire, defaults and
+    descriptions, and its docstring."""
+    hints = get_type_hints(shape)
+    definitions: dict[str, Any] = {}
+    for f in dataclasses.fields(shape):
+        if f.name == "id":
+            continue
+        about = f.metadata.get("description")
+        if f.default_factory is not dataclasses.MISSING:
+            # A factory, not a default instance (an empty DocList in the docarray document):
+            # pydantic deep-copies a mutable default for every new document, and a DocList
+            # copies by pickling. The schema keeps the default (`[]`, `{}`): jina's gateway
+            # rebuilds the model from it, and without one there the HTTP endpoint would
+            # require the field in every request.
+            info = Field(
+                default_factory=f.default_factory,
+                description=about,
+                json_schema_extra={"default": f.default_factory()},
+            )
+        else:
+            info = Field(default=f.default, description=about)
+        definitions[f.name] = (_wire_type(hints[f.name]), info)
+    return create_model(name, __module__=__name__, __doc__=shape.__doc__, **definitions)
 
 
-class SearchFields(BaseModel):
-    """A document to index, update, get or delete, a query, or an answer with its `matches`."""
-
-    text: str | None = None
-    uri: str | None = None
-    blob: bytes | None = None
-    tensor: Array | None = None
-    embedding: Array | None = None
-    tags: dict[str, Any] = {}
-    thumbnail: bytes | None = None  # JPEG, from the image encoder to the indexer
-    # Which tower made `embedding` (`clip-text:FINGERPRINT`, `clip-vision:…`): set by the
-    # encoders, checked by the index against the towers that embedded it; None for an
-    # embedding the caller gave. `towers`: the encoders a document to store passed.
-    embedded_by: str | None = None
-    towers: dict[str, str] = {}
-    # A factory, not a default instance (an empty DocList in the docarray document): pydantic
-    # deep-copies a mutable default for every new document, and a DocList copies by pickling.
-    # The schema keeps `"default": []`: jina's gateway rebuilds the model from it, and without
-    # a default there the HTTP endpoint would require `matches` in every request.
-    matches: list[MatchFields] = Field(default_factory=list, json_schema_extra={"default": []})
-    error: str | None = None
+MatchFields = _fields_model("MatchFields", Match)
+SearchFields = _fields_model("SearchFields", Document)
 
 
 class StatusFields(BaseModel):
@@ -115,7 +132,7 @@ def schema_error(error: ValidationError) -> str:
     return f"field {field}: {first['msg']}"
 
 
-Document = TypeVar("Document", bound=BaseModel)
+WireDocument = TypeVar("WireDocument", bound=BaseModel)
 
 
 class DocumentError(ValueError):
@@ -123,8 +140,8 @@ class DocumentError(ValueError):
 
 
 def checked_documents(
-    endpoint: str, docs: list[dict[str, Any]], model: Callable[..., Document], offset: int = 0
-) -> list[Document]:
+    endpoint: str, docs: list[dict[str, Any]], model: Callable[..., WireDocument], offset: int = 0
+) -> list[WireDocument]:
     """`docs` as `model`s (the plain `SearchFields` for HTTP, the docarray `SearchDoc` for
     gRPC), checked before anything is sent: first what the wire cannot carry
     (`document_fault`), then the schema. A `DocumentError` names the first document that does

@@ -19,10 +19,10 @@ from typing import Any
 from demo import BASE_MODEL_DIR
 from demo.sample_data import generate_sample_data
 from demo.search import search_demo
-from finetune.api import evaluate
 from finetune.artifact import RUN_CONFIG, RUNTIMES, TOWER_NAMES
 from finetune.atomic import read_json, write_json
 from finetune.compare import DatasetSpec, compare_one
+from finetune.inference import evaluate
 from finetune.onnx_export import export_onnx
 from finetune.report import runtime_table, to_markdown, write_report
 from finetune.train import CHECKPOINT, FitConfig, fit

@@ -1,11 +1,11 @@
-"""jina adapters over the core's index (`search.index`): `HNSWIndexer` (one per shard) and
+"""jina adapters over the core's index (`search.index_shard`): `HNSWIndexer` (one per shard) and
 `MatchMerger`.
 
 `HNSWIndexer` keeps its store in `self.workspace` (per shard when sharded) and serves
 `/index`, `/search` (text queries), `/search_by_image`, `/delete`, `/update`, `/get`,
 `/status` and `/health` (see `executors.health`);
-what each does per document is `search.index.Index`'s. Its shard number and count come from
-jina's `runtime_args`.
+what each does per document is `search.index_shard.IndexShard`'s. Its shard number and count
+come from jina's `runtime_args`.
 
 `MatchMerger` is the `uses_after` of a sharded indexer (required: without it the `NOT_OWNER`
 markers would reach the client). With `polling='ALL'` jina's head sends each shard's answer
@@ -29,12 +29,19 @@ from client.wire import DELETE, GET, HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, S
 from client.wire_docs import Match, SearchDoc, StatusDoc
 from executors import health
 from executors.base import ServiceExecutor
-from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
-from executors.metrics import ServiceMetrics
-from search.documents import Document
+from executors.service_metrics import ServiceMetrics
+from executors.wire_conversion import refused_without_token, to_core, to_wire
+from imagepairs.documents import Document
 from search.hnsw_store import HNSWStore
-from search.index import DEFAULT_MAX_LIMIT, IMAGE, REPLACE_TAGS, TEXT, Index, search_limit
+from search.index_shard import (
+    DEFAULT_MAX_LIMIT,
+    IMAGE,
+    REPLACE_TAGS,
+    TEXT,
+    IndexShard,
+    search_limit,
+)
 from search.sharding import (
     UNKNOWN_ID,
     merge_matches,
@@ -89,15 +96,15 @@ class HNSWIndexer(ServiceExecutor):
         )
         shard_id = int(getattr(self.runtime_args, "shard_id", None) or 0)
         shards = int(getattr(self.runtime_args, "shards", None) or 1)
-        self.index_ = Index(
+        self.shard = IndexShard(
             store,
             shard_id=shard_id,
             shards=shards,
             max_limit=max_limit,
             compatible_towers=compatible,
         )
-        if self.index_.towers:
-            self.logger.info(f"index embedded by {describe(self.index_.towers)}")
+        if self.shard.towers:
+            self.logger.info(f"index embedded by {describe(self.shard.towers)}")
         self.metrics = ServiceMetrics(
             self.runtime_args, lambda doc_id: reports_outcome(doc_id, shard_id, shards)
         )
@@ -108,21 +115,21 @@ class HNSWIndexer(ServiceExecutor):
     ) -> DocList[SearchDoc]:
         if refused_without_token(docs, self.token, parameters, INDEX, self.metrics):
             return docs
-        return to_wire(self._stored(INDEX, self.index_.index, to_core(docs)))
+        return to_wire(self._stored(INDEX, self.shard.index, to_core(docs)))
 
     @requests(on=SEARCH_TEXT)
     def search(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
         with self.metrics.searching(TEXT, len(docs)):
-            return to_wire(self.index_.search(to_core(docs), parameters or {}, TEXT))
+            return to_wire(self.shard.search(to_core(docs), parameters or {}, TEXT))
 
     @requests(on=SEARCH_IMAGE)
     def search_by_image(
         self, docs: DocList[SearchDoc], parameters: dict | None = None, **kwargs: Any
     ) -> DocList[SearchDoc]:
         with self.metrics.searching(IMAGE, len(docs)):
-            return to_wire(self.index_.search(to_core(docs), parameters or {}, IMAGE))
+            return to_wire(self.shard.search(to_core(docs), parameters or {}, IMAGE))
 
     @requests(on=DELETE)
     def delete(
@@ -133,7 +140,7 @@ class HNSWIndexer(ServiceExecutor):
             return docs
         ids = (parameters or {}).get("ids") or []
         ids = ids if isinstance(ids, list | tuple) else [ids]
-        return to_wire(self.index_.delete(to_core(docs), ids))
+        return to_wire(self.shard.delete(to_core(docs), ids))
 
     @requests(on=UPDATE)
     def update(
@@ -142,27 +149,27 @@ class HNSWIndexer(ServiceExecutor):
         if refused_without_token(docs, self.token, parameters, UPDATE, self.metrics):
             return docs
         replace_tags = (parameters or {}).get(REPLACE_TAGS, False)
-        update = partial(self.index_.update, replace_tags=replace_tags)
+        update = partial(self.shard.update, replace_tags=replace_tags)
         return to_wire(self._stored(UPDATE, update, to_core(docs)))
 
     @requests(on=GET)
     def get(self, docs: DocList[SearchDoc], **kwargs: Any) -> DocList[SearchDoc]:
-        return to_wire(self.index_.get(to_core(docs)))
+        return to_wire(self.shard.get(to_core(docs)))
 
     @requests(on=STATUS)
     def status(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
-        """One `StatusDoc` whose `info` is `Index.status` (the request's docs are ignored)."""
-        return DocList[StatusDoc]([StatusDoc(info=self.index_.status())])
+        """One `StatusDoc` whose `info` is `IndexShard.status` (the request's docs are ignored)."""
+        return DocList[StatusDoc]([StatusDoc(info=self.shard.status())])
 
     @requests(on=HEALTH)
     def health(self, docs: DocList[StatusDoc], **kwargs: Any) -> DocList[StatusDoc]:
         """Fails, naming both sides, when the encoders before it run other towers than those
         that embedded the index."""
-        mismatch = self.index_.towers_error(health.serving_towers(docs))
+        mismatch = self.shard.towers_error(health.serving_towers(docs))
         if mismatch:
             self.logger.error(mismatch)
             raise health.TowersMismatch(mismatch)
-        return health.answer(docs, self.runtime_args, towers=self.index_.towers)
+        return health.answer(docs, self.runtime_args, towers=self.shard.towers)
 
     def _stored(
         self, endpoint: str, store: Callable[[list[Document]], list[Document]], docs: list[Document]
@@ -174,7 +181,7 @@ class HNSWIndexer(ServiceExecutor):
         return answered
 
     def close(self) -> None:
-        self.index_.close()
+        self.shard.close()
         super().close()
 
 

@@ -1,16 +1,18 @@
 """The HTTP API's OpenAPI description: each route's request body and every status it answers,
 with JSON Schemas of the documents, parameters, answers and the error body.
 
-The schemas describe the JSON form of the wire documents (`client.wire`): bytes travel as
-`data:` URIs, arrays as (nested) lists. They are written out rather than generated from the
-pydantic models, whose schema says what Python accepts, not what travels as JSON; a test keeps
-their fields equal to the models'. `executors.http_api` puts them in `/openapi.json`.
+The schemas describe the JSON form of the documents (`imagepairs.documents`, whose fields
+declare it: bytes travel as `data:` URIs, arrays as (nested) lists), not the pydantic models'
+schema, which says what Python accepts rather than what travels as JSON. `executors.http_api`
+puts them in `/openapi.json`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
+from imagepairs.documents import Document, Match
 from search.limits import (
     MAX_DOCS_PER_REQUEST,
     MAX_EXACT_INT,
@@ -22,9 +24,7 @@ from search.limits import (
 _REF = "#/components/schemas/"
 _SCALAR = {"type": ["string", "number", "boolean", "null"]}
 _TEXT = {"type": ["string", "null"]}
-_TAGS = {
-    "type": "object",
-    "description": "values to filter on: scalars or lists of scalars",
+_TAGS = {  # the limits on tags, beside their declaration
     "maxProperties": MAX_TAGS,
     "propertyNames": {"maxLength": MAX_TAG_KEY_CHARS},
     "additionalProperties": {"anyOf": [_SCALAR, {"type": "array", "items": _SCALAR}]},
@@ -40,6 +40,22 @@ def _listed(item: str, description: str) -> dict[str, Any]:
     return {"type": "array", "items": _ref(item), "description": description}
 
 
+def _properties(shape: type) -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each field of a document of `imagepairs.documents` as it travels,
+    with its description, from the field's declaration (`id` apart)."""
+    return {
+        f.name: {**f.metadata["json"], "description": f.metadata["description"]}
+        for f in dataclasses.fields(shape)
+        if f.name != "id"
+    }
+
+
+_DOCUMENT = _properties(Document)
+_DOCUMENT["tags"] = {**_DOCUMENT["tags"], **_TAGS}
+# What answers leave out: the images a request carried, and the thumbnails (a search's
+# matches carry theirs as data: URIs).
+_NOT_ANSWERED = ("blob", "tensor", "thumbnail")
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "Document": {
         "type": "object",
@@ -51,28 +67,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                 "description": "stable id (re-indexing it replaces the document); given one when "
                 "absent",
             },
-            "text": {**_TEXT, "description": "a caption to store, or a text query"},
-            "uri": {**_TEXT, "description": "an image file under IMAGE_ROOTS, or a data: URI"},
-            "blob": {**_TEXT, "description": "image bytes as a data: URI"},
-            "tensor": {
-                "type": ["array", "null"],
-                "description": "an HxWxC image of 0..255 values as nested lists",
-            },
-            "embedding": {"type": ["array", "null"], "items": {"type": "number"}},
-            "tags": _TAGS,
-            "thumbnail": {**_TEXT, "description": "made by the service; not sent by callers"},
-            "embedded_by": {
-                **_TEXT,
-                "description": "the tower that made the embedding (clip-text:FINGERPRINT); set "
-                "by the encoders, or by a caller who vouches for a given embedding",
-            },
-            "towers": {
-                "type": "object",
-                "additionalProperties": {"type": "string"},
-                "description": "set by the encoders; not sent by callers",
-            },
-            "matches": _listed("Match", "set by searches; not sent by callers"),
-            "error": {**_TEXT, "description": "set by the service; not sent by callers"},
+            **_DOCUMENT,
         },
     },
     "StatusDocument": {
@@ -130,14 +125,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Match": {
         "type": "object",
         "required": ["id", "score"],
-        "properties": {
-            "id": {"type": "string"},
-            "score": {"type": "number", "description": "cosine similarity"},
-            "uri": _TEXT,
-            "text": _TEXT,
-            "tags": {"type": "object"},
-            "thumbnail": {**_TEXT, "description": "a data: URI, with parameters.thumbnails"},
-        },
+        "properties": {"id": {"type": "string"}, **_properties(Match)},
     },
     "Answer": {
         "type": "object",
@@ -145,14 +133,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "required": ["id", "error"],
         "properties": {
             "id": {"type": "string"},
-            "text": _TEXT,
-            "uri": _TEXT,
-            "embedding": {"type": ["array", "null"], "items": {"type": "number"}},
-            "tags": {"type": "object"},
-            "embedded_by": _TEXT,
-            "towers": {"type": "object", "additionalProperties": {"type": "string"}},
-            "matches": _listed("Match", "best first"),
-            "error": _TEXT,
+            **{k: v for k, v in _DOCUMENT.items() if k not in _NOT_ANSWERED},
         },
     },
     "StatusAnswer": {

@@ -14,9 +14,9 @@ _API = {
     "fit": "finetune.train",
     "FitConfig": "finetune.train",
     "Run": "finetune.train",
-    "get_model": "finetune.api",
-    "encode": "finetune.api",
-    "evaluate": "finetune.api",
+    "get_model": "finetune.inference",
+    "encode": "finetune.inference",
+    "evaluate": "finetune.inference",
 }
 
 __all__ = sorted(_API)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from finetune import atomic
-from finetune.api import evaluate
 from finetune.artifact import RUNTIMES
 from finetune.compare import compare
+from finetune.inference import evaluate
 from finetune.onnx_export import export_onnx
 from finetune.report import to_markdown
 from finetune.train import FitConfig, fit

@@ -22,9 +22,9 @@ from finetune.models import resolve_device
 from finetune.tower_ids import tower_id
 from finetune.towers import load_tower
 from imagepairs.batching import batched
+from imagepairs.documents import Document
 from imagepairs.images import MAX_IMAGE_PIXELS
-from search.documents import Document
-from search.images import DEFAULT_MAX_BYTES, ImagePolicy, PixelBudget, check_resize_cost
+from search.image_policy import DEFAULT_MAX_BYTES, ImagePolicy, PixelBudget, check_resize_cost
 from search.limits import MAX_REQUEST_PIXELS, document_error, refuse_oversized
 from search.thumbnails import make_thumbnail
 
@@ -198,7 +198,7 @@ class TextEncoder(TowerEncoder):
 
 class ImageEncoder(TowerEncoder):
     """Embeds documents with an image, with the vision tower only, under an `ImagePolicy`
-    (by default: no local files, no remote URLs; see `search.images`).
+    (by default: no local files, no remote URLs; see `search.image_policy`).
 
     `max_request_pixels`: the pixels one call of `embed` (one request) may decode; images
     past it get an error. Decoded images are encoded once they hold `MAX_HELD_PIXELS`, so

@@ -1,50 +1,50 @@
 """The fields a search returns, mirrored in memory by label, with the tag index for filters.
 
-For every live item the mirror holds ``(id, uri, text, tags JSON)`` by label, loaded from the
-database on open and updated after each commit, so a query never waits on SQLite; that costs
-about as much memory as the fields themselves. Its size is the number of live items. A
-`search.filters.TagIndex` beside it, built and updated with it, turns a filter into the labels
-that match with a few array operations.
+For every live item the mirror holds its id and `HIT_COLUMNS` (the stored fields a `Match`
+has: uri, text, tags JSON) by label, loaded from the database on open and updated after each
+commit, so a query never waits on SQLite; that costs about as much memory as the fields
+themselves. Its size is the number of live items. A `search.filters.TagIndex` beside it, built
+and updated with it, turns a filter into the labels that match with a few array operations.
 
 Not thread-safe: `search.hnsw_store.HNSWStore` serialises the calls.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from imagepairs.documents import Match
 from search.filters import Filter, TagIndex
+from search.item_db import COLUMNS
 
 _NO_TAGS = "{}"  # one shared string for the common case, recognised by identity
 
-# (id, uri, text, tags JSON) of one item
-Entry = tuple[str, str | None, str | None, str]
+# The stored columns a hit carries: the fields of a `Match` that the store has, in its order.
+HIT_COLUMNS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Match) if f.name in COLUMNS)
+_TAGS = HIT_COLUMNS.index("tags") + 1  # where the tags JSON sits in an entry
 
+# (id, *HIT_COLUMNS) of one item, tags as JSON text
+Entry = tuple[Any, ...]
 
-class Hit(NamedTuple):
-    """One search result, a plain tuple ``(id, score, uri, text, tags)``."""
-
-    id: str
-    score: float
-    uri: str | None
-    text: str | None
-    tags: dict[str, Any]
+# One search result, a plain tuple ``(id, score, *HIT_COLUMNS)``: ``(id, score, uri, text,
+# tags)``, in the order of `Match`'s fields.
+Hit = NamedTuple("Hit", [("id", str), ("score", float), *((c, Any) for c in HIT_COLUMNS)])
 
 
 class FieldMirror:
     """label -> fields of every live item, and a `TagIndex` of their tags."""
 
-    def __init__(self, rows: Iterable[tuple[int, str, str | None, str | None, str]] = ()) -> None:
-        """Load ``(label, id, uri, text, tags JSON)`` rows."""
-        self._entries: dict[int, Entry] = {
-            label: _entry(doc_id, uri, text, tags) for label, doc_id, uri, text, tags in rows
-        }
+    def __init__(self, rows: Iterable[tuple[Any, ...]] = ()) -> None:
+        """Load ``(label, id, *HIT_COLUMNS)`` rows."""
+        self._entries: dict[int, Entry] = {label: _entry(entry) for label, *entry in rows}
         self.tags = TagIndex()
-        for label, (_, _, _, tags) in self._entries.items():
+        for label, entry in self._entries.items():
+            tags = entry[_TAGS]
             if tags is not _NO_TAGS:
                 self.tags.add(label, json.loads(tags))
         self.tags.compact()
@@ -56,11 +56,10 @@ class FieldMirror:
         """The live labels (int64)."""
         return np.fromiter(self._entries, np.int64, len(self._entries))
 
-    def set(
-        self, label: int, doc_id: str, uri: str | None, text: str | None, tags_json: str
-    ) -> None:
-        """Add or replace a label's fields (and re-index its tags when they changed)."""
-        self._replace(label, _entry(doc_id, uri, text, tags_json))
+    def set(self, label: int, doc_id: str, *values: Any) -> None:
+        """Add or replace a label's id and `HIT_COLUMNS` values (and re-index its tags when
+        they changed)."""
+        self._replace(label, _entry([doc_id, *values]))
 
     def drop(self, label: int) -> None:
         """Forget a deleted label."""
@@ -80,8 +79,8 @@ class FieldMirror:
     def _replace(self, label: int, entry: Entry | None) -> None:
         """Replace (None: drop) a label's entry and re-index its tags."""
         old = self._entries.pop(label, None) if entry is None else self._entries.get(label)
-        old_tags = None if old is None else old[3]
-        new_tags = None if entry is None else entry[3]
+        old_tags = None if old is None else old[_TAGS]
+        new_tags = None if entry is None else entry[_TAGS]
         if entry is not None:
             self._entries[label] = entry
         if old_tags != new_tags:
@@ -91,9 +90,13 @@ class FieldMirror:
                 self.tags.add(label, json.loads(new_tags))
 
 
-def _entry(doc_id: str, uri: str | None, text: str | None, tags_json: str) -> Entry:
+def _entry(values: list[Any]) -> Entry:
     """An item's entry; empty tags share one string, which `_hits` recognises by identity."""
-    return doc_id, uri, text, _NO_TAGS if tags_json == _NO_TAGS else tags_json
+    if len(values) != len(HIT_COLUMNS) + 1:
+        raise ValueError(f"an entry is an id and {HIT_COLUMNS}, got {len(values)} values")
+    if values[_TAGS] == _NO_TAGS:
+        values[_TAGS] = _NO_TAGS
+    return tuple(values)
 
 
 def _hits(entries: dict[int, Entry], labels: list[int], scores: list[float]) -> list[Hit]:
@@ -103,9 +106,9 @@ def _hits(entries: dict[int, Entry], labels: list[int], scores: list[float]) -> 
     for label, score in zip(labels, scores, strict=True):
         item = entries.get(label)
         if item is not None:
-            doc_id, uri, text, tags = item
+            tags = item[_TAGS]
             tags = {} if tags is _NO_TAGS else json.loads(tags)
-            out.append(_new_tuple(Hit, (doc_id, score, uri, text, tags)))
+            out.append(_new_tuple(Hit, (item[0], score, *item[1:_TAGS], tags, *item[_TAGS + 1 :])))
     return out
 
 

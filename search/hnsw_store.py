@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import operator
 import os
 import threading
 from collections.abc import Mapping, Sequence
@@ -37,11 +38,11 @@ import hnswlib
 import numpy as np
 
 from search.exact_knn import exact_knn
-from search.field_mirror import FieldMirror, Hit
+from search.field_mirror import HIT_COLUMNS, FieldMirror, Hit
 from search.filter_planner import plan
 from search.filters import Filter, TagIndex, parse_filter
 from search.hnsw_graph import SNAPSHOT_META, HNSWGraph
-from search.item_db import DB_FILE, UNRECORDED, ItemDB, Record, Row
+from search.item_db import COLUMNS, DB_FILE, JSON_COLUMNS, UNRECORDED, ItemDB, Record, Row
 from search.limits import MAX_JSON_DEPTH, json_depth
 
 __all__ = [
@@ -58,6 +59,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "lock"
+EMBEDDED_BY = "embedded_by"  # the column saying what made an item's embedding
+_hit_values = operator.attrgetter(*HIT_COLUMNS)  # a Row's values of the fields a hit carries
 
 
 def _graph_setting(name: str, doc: str) -> property:
@@ -156,7 +159,7 @@ class HNSWStore:
             undo.callback(self._dir_lock.close)
             self._db = ItemDB(self.path, None if dim is None else int(dim))
             undo.callback(self._db.close)
-            self._fields = FieldMirror(self._db.field_rows())
+            self._fields = FieldMirror(self._db.field_rows(HIT_COLUMNS))
             self._open_graph()
             undo.pop_all()
 
@@ -176,40 +179,32 @@ class HNSWStore:
         self,
         ids: Sequence[str],
         embeddings: Sequence[Any] | np.ndarray,
-        uri: Sequence[str | None] | None = None,
-        text: Sequence[str | None] | None = None,
-        tags: Sequence[dict[str, Any] | None] | None = None,
-        embedded_by: Sequence[str | None] | None = None,
         meta: Mapping[str, str] | None = None,
+        **columns: Sequence[Any] | None,
     ) -> list[str | None]:
         """Insert or replace items; returns per item None (stored) or an error message.
 
+        ``columns`` are the stored fields (`search.item_db.COLUMNS`: ``uri``, ``text``,
+        ``tags``, ``embedded_by``), each a sequence of one value per id, or omitted (None).
         Bad items (bad id, wrong dimension, NaN/inf, zero vector, bad tags, an id repeated later
         in the same call) get an error; the others are stored together in one transaction,
         with ``meta`` (see `get_meta`) when at least one item is stored.
         """
-        embeddings, uri, text, tags, embedded_by = _columns(
-            len(ids), embeddings=embeddings, uri=uri, text=text, tags=tags, embedded_by=embedded_by
-        )
+        embeddings = _per_item(len(ids), "embeddings", embeddings)
+        values = _columns(len(ids), columns)
         errors = _duplicate_errors(ids)
         with self._lock:
             self._check_open()
-            valid: dict[str, tuple[np.ndarray, str | None, str | None, str, str | None]] = {}
+            valid: dict[str, tuple[np.ndarray, tuple[Any, ...]]] = {}
             for i, doc_id in enumerate(ids):
                 if errors[i] is None:
-                    vec, tags_json, errors[i] = self._validate(doc_id, embeddings[i], tags[i])
+                    vec, cells, errors[i] = self._validate(doc_id, embeddings[i], values[i])
                 if errors[i] is None:
-                    valid[doc_id] = (
-                        vec,
-                        _optional_str(uri[i]),
-                        _optional_str(text[i]),
-                        tags_json,
-                        _optional_str(embedded_by[i]),
-                    )
+                    valid[doc_id] = (vec, cells)
             labels = self._db.labels_of(list(valid))
             rows = [
-                Row(doc_id, labels[doc_id] if doc_id in labels else self._db.take_label(), *fields)
-                for doc_id, fields in valid.items()
+                Row(doc_id, labels[doc_id] if doc_id in labels else self._db.take_label(), vec, *c)
+                for doc_id, (vec, c) in valid.items()
             ]
             self._write(rows, reindex=rows, existing=set(labels.values()), meta=meta)
         return errors
@@ -218,11 +213,8 @@ class HNSWStore:
         self,
         ids: Sequence[str],
         embeddings: Sequence[Any | None] | None = None,
-        uri: Sequence[str | None] | None = None,
-        text: Sequence[str | None] | None = None,
-        tags: Sequence[dict[str, Any] | None] | None = None,
-        embedded_by: Sequence[str | None] | None = None,
         meta: Mapping[str, str] | None = None,
+        **columns: Sequence[Any] | None,
     ) -> list[str | None]:
         """Change stored fields of existing ids; returns per item None or an error message.
 
@@ -231,9 +223,8 @@ class HNSWStore:
         stored ones whole. Unknown ids, bad embeddings or tags and earlier duplicates get an
         error, the other items are still updated, with ``meta`` in the same transaction.
         """
-        embeddings, uri, text, tags, embedded_by = _columns(
-            len(ids), embeddings=embeddings, uri=uri, text=text, tags=tags, embedded_by=embedded_by
-        )
+        embeddings = _per_item(len(ids), "embeddings", embeddings)
+        values = _columns(len(ids), columns)
         errors = _duplicate_errors(ids)
         with self._lock:
             self._check_open()
@@ -244,8 +235,7 @@ class HNSWStore:
                     errors[i] = "unknown id"
                 if errors[i] is None:
                     label, old = current[doc_id]
-                    changes = embeddings[i], uri[i], text[i], tags[i], embedded_by[i]
-                    row, errors[i] = self._updated(label, old, *changes)
+                    row, errors[i] = self._updated(label, old, embeddings[i], values[i])
                 if errors[i] is None:
                     rows.append(row)
                 if errors[i] is None and embeddings[i] is not None:
@@ -367,41 +357,38 @@ class HNSWStore:
     # ------------------------------------------------------------------ validation
 
     def _validate(
-        self, doc_id: Any, embedding: Any, tags: Any
-    ) -> tuple[np.ndarray | None, str | None, str | None]:
-        """``(unit vector, tags JSON, None)`` or ``(None, None, reason)`` for one upsert item."""
+        self, doc_id: Any, embedding: Any, values: Mapping[str, Any]
+    ) -> tuple[np.ndarray | None, tuple[Any, ...] | None, str | None]:
+        """``(unit vector, database values, None)`` or ``(None, None, reason)`` for one upsert
+        item."""
         if not isinstance(doc_id, str) or not doc_id:
             return None, None, "id must be a non-empty string"
         vec, error = check_vector(embedding, self._db.dim)
-        tags_json, tags_error = _encode_tags(tags)
-        if error or tags_error:
-            return None, None, error or tags_error
+        cells, cells_error = _cells(values)
+        if error or cells_error:
+            return None, None, error or cells_error
         if self._db.dim is None:  # the first valid vector fixes the dimension of the store
             self._db.dim = vec.size
-        return vec, tags_json, None
+        return vec, cells, None
 
     def _updated(
-        self,
-        label: int,
-        old: Record,
-        embedding: Any,
-        uri: Any,
-        text: Any,
-        tags: Any,
-        embedded_by: Any,
+        self, label: int, old: Record, embedding: Any, changes: Mapping[str, Any]
     ) -> tuple[Row | None, str | None]:
         """``(row, None)``: ``old`` with the fields that are not None changed, or
         ``(None, reason)`` for a bad embedding or bad tags."""
         vec, vec_error = (old.embedding, None)
         if embedding is not None:
             vec, vec_error = check_vector(embedding, self._db.dim)
-        tags_json, tags_error = _encode_tags(old.tags if tags is None else tags)
-        if vec_error or tags_error:
-            return None, vec_error or tags_error
-        new_uri = old.uri if uri is None else str(uri)
-        new_text = old.text if text is None else str(text)
-        source = old.embedded_by if embedding is None else _optional_str(embedded_by)
-        return Row(old.id, label, vec, new_uri, new_text, tags_json, source), None
+        merged = {
+            column: getattr(old, column) if value is None else value
+            for column, value in changes.items()
+        }
+        # what made the embedding goes with it: the item's when one is given, else it stays
+        merged[EMBEDDED_BY] = old.embedded_by if embedding is None else changes[EMBEDDED_BY]
+        cells, cells_error = _cells(merged)
+        if vec_error or cells_error:
+            return None, vec_error or cells_error
+        return Row(old.id, label, vec, *cells), None
 
     def _check_queries(self, q: np.ndarray) -> None:
         if q.shape[1] != self._db.dim:
@@ -439,7 +426,7 @@ class HNSWStore:
             return
         seq = self._db.commit(rows, reindex, deleted, meta)
         for r in rows:
-            self._fields.set(r.label, r.id, r.uri, r.text, r.tags_json)
+            self._fields.set(r.label, r.id, *_hit_values(r))
         for label in deleted:
             self._fields.drop(label)
         try:
@@ -537,18 +524,36 @@ def _encode_tags(tags: Any) -> tuple[str | None, str | None]:
         return None, f"tags are not JSON-serialisable: {exc}"
 
 
-def _optional_str(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _cells(values: Mapping[str, Any]) -> tuple[tuple[Any, ...] | None, str | None]:
+    """``(database values of COLUMNS, None)`` for one item's fields (tags as JSON, the others
+    as text or None), or ``(None, reason)`` for bad tags."""
+    cells = []
+    for column in COLUMNS:
+        value = values[column]
+        if column in JSON_COLUMNS:
+            value, error = _encode_tags(value)
+            if error:
+                return None, error
+        elif value is not None:
+            value = str(value)
+        cells.append(value)
+    return tuple(cells), None
 
 
-def _columns(n: int, **columns: Sequence[Any] | None) -> list[Sequence[Any]]:
-    """Optional per-item arguments, each as a sequence of ``n`` items (all None when omitted)."""
-    out = []
-    for name, values in columns.items():
-        if values is not None and len(values) != n:
-            raise ValueError(f"{name} has {len(values)} items for {n} ids")
-        out.append([None] * n if values is None else values)
-    return out
+def _per_item(n: int, name: str, values: Sequence[Any] | None) -> Sequence[Any]:
+    """An optional per-item argument as a sequence of ``n`` items (all None when omitted)."""
+    if values is not None and len(values) != n:
+        raise ValueError(f"{name} has {len(values)} items for {n} ids")
+    return [None] * n if values is None else values
+
+
+def _columns(n: int, columns: Mapping[str, Sequence[Any] | None]) -> list[dict[str, Any]]:
+    """Each item's value of every one of `COLUMNS` (None where a column is omitted)."""
+    unknown = set(columns) - set(COLUMNS)
+    if unknown:
+        raise TypeError(f"unknown stored fields {sorted(unknown)}; the store has {COLUMNS}")
+    per_column = {c: _per_item(n, c, columns.get(c)) for c in COLUMNS}
+    return [{c: per_column[c][i] for c in COLUMNS} for i in range(n)]
 
 
 def _duplicate_errors(ids: Sequence[Any]) -> list[str | None]:

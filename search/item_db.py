@@ -6,7 +6,7 @@ Each committed batch takes the next number of a change sequence: live rows carry
 their last change, deletions leave a tombstone with theirs, so a reader that saw the database at
 one number can ask for what changed since (`deleted_since`, `vectors_since`).
 
-Tables: ``items`` (label = rowid, id, seq, uri, text, tags JSON, embedded_by), ``vectors``
+Tables: ``items`` (label = rowid, id, seq, and one column per stored field: `COLUMNS`), ``vectors``
 (label, float32 blob), ``tombstones`` (label, seq) and ``meta`` (the format version, dim, the
 last seq and the next free label, and the callers' values under ``user.``). Labels are never
 given to a second id: re-indexing a live id keeps its label, an id that comes back after a
@@ -56,8 +56,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 class Record(NamedTuple):
-    """A stored item as returned by `HNSWStore.get` (``embedding`` is the normalised vector;
-    ``embedded_by`` what the writer said made it, None when it said nothing)."""
+    """A stored item as returned by `HNSWStore.get`: its id, ``embedding`` (the normalised
+    vector) and one value per `COLUMNS` (``embedded_by``: what the writer said made the
+    embedding, None when it said nothing)."""
 
     id: str
     embedding: np.ndarray
@@ -67,16 +68,32 @@ class Record(NamedTuple):
     embedded_by: str | None = None
 
 
+# The stored fields beside the id and the vector, a column of ``items`` each: the fields that
+# `imagepairs.documents` marks as stored (a test holds the two equal). A column missing from an
+# older database is added on open, empty. ``tags`` holds JSON; the others text.
+COLUMNS: tuple[str, ...] = Record._fields[2:]
+JSON_COLUMNS = frozenset({"tags"})
+
+
 class Row(NamedTuple):
-    """A row ready to be written: label assigned, vector normalised, tags JSON-encoded."""
+    """A row ready to be written: label assigned, vector normalised, and one database value per
+    `COLUMNS` (``tags`` as JSON text)."""
 
     id: str
     label: int
     vector: np.ndarray
     uri: str | None
     text: str | None
-    tags_json: str
+    tags: str
     embedded_by: str | None = None
+
+    def columns(self) -> tuple[Any, ...]:
+        """The values of `COLUMNS`, in order."""
+        return self[3:]
+
+
+assert Row._fields[3:] == COLUMNS, "a Row has one value per column"
+_COLUMN_LIST = ", ".join(COLUMNS)
 
 
 class ItemDB:
@@ -119,21 +136,21 @@ class ItemDB:
     def fetch(self, ids: list[str]) -> dict[str, tuple[int, Record]]:
         """``id -> (label, record)`` of those ``ids`` that are live (non-strings are skipped)."""
         sql = (
-            "SELECT id, label, embedding, uri, text, tags, embedded_by FROM items "
+            f"SELECT id, label, embedding, {_COLUMN_LIST} FROM items "
             "JOIN vectors USING (label) WHERE id IN (SELECT value FROM json_each(?))"
         )
         rows = self._db.execute(sql, (json.dumps([i for i in ids if isinstance(i, str)]),))
         return {
-            doc_id: (
-                label,
-                Record(doc_id, np.frombuffer(blob, np.float32), u, t, json.loads(g), source),
-            )
-            for doc_id, label, blob, u, t, g, source in rows
+            doc_id: (label, _record(doc_id, blob, values)) for doc_id, label, blob, *values in rows
         }
 
-    def field_rows(self) -> Iterator[tuple[int, str, str | None, str | None, str]]:
-        """``(label, id, uri, text, tags JSON)`` of every live item, what a search returns."""
-        return self._db.execute("SELECT label, id, uri, text, tags FROM items")
+    def field_rows(self, columns: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+        """``(label, id, *columns)`` of every live item (``tags`` as JSON text): what a search
+        returns."""
+        unknown = set(columns) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"no such columns: {sorted(unknown)}")
+        return self._db.execute(f"SELECT label, id, {', '.join(columns)} FROM items")
 
     def vectors_of(self, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(labels found, their vectors as rows of a matrix)`` for the live ``labels``."""
@@ -187,13 +204,7 @@ class ItemDB:
         """
         seq = self.seq + 1
         with _transaction(self._db):
-            self._db.executemany(
-                "INSERT INTO items(label, id, seq, uri, text, tags, embedded_by) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(label) DO UPDATE SET seq = excluded.seq, uri = excluded.uri, "
-                "text = excluded.text, tags = excluded.tags, embedded_by = excluded.embedded_by",
-                [(r.label, r.id, seq, r.uri, r.text, r.tags_json, r.embedded_by) for r in rows],
-            )
+            self._db.executemany(_UPSERT, [(r.label, r.id, seq, *r.columns()) for r in rows])
             self._db.executemany(
                 "INSERT OR REPLACE INTO vectors(label, embedding) VALUES (?, ?)",
                 [(r.label, r.vector.tobytes()) for r in reindex],
@@ -245,6 +256,7 @@ class ItemDB:
                 f"the store at {self.directory} has format {stored_format}, which this version "
                 f"(format {FORMAT}) cannot read: open it with the version that wrote it"
             )
+        self._add_missing_columns()
         if stored_dim is not None and dim is not None and int(stored_dim) != dim:
             raise ValueError(f"the store at {self.directory} has dim {stored_dim}, not {dim}")
         dim = int(stored_dim) if stored_dim is not None else dim
@@ -260,6 +272,32 @@ class ItemDB:
                 self._db.execute("ALTER TABLE items ADD COLUMN embedded_by TEXT")
             self._db.execute("UPDATE items SET embedded_by = ?", (UNRECORDED,))
             self._set_meta(format=FORMAT)
+
+    def _add_missing_columns(self) -> None:
+        """Add the `COLUMNS` a database written before them lacks (their values empty)."""
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(items)")}
+        missing = [c for c in COLUMNS if c not in present]
+        if missing:
+            with _transaction(self._db):
+                for column in missing:
+                    self._db.execute(f"ALTER TABLE items ADD COLUMN {column} TEXT")
+
+
+_UPSERT = (
+    f"INSERT INTO items(label, id, seq, {_COLUMN_LIST}) "
+    f"VALUES (?, ?, ?{', ?' * len(COLUMNS)}) "
+    "ON CONFLICT(label) DO UPDATE SET seq = excluded.seq, "
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS)
+)
+
+
+def _record(doc_id: str, blob: bytes, values: list[Any]) -> Record:
+    """A `Record` from a row's vector and `COLUMNS` values (``tags`` decoded)."""
+    decoded = [
+        json.loads(v or "{}") if c in JSON_COLUMNS else v
+        for c, v in zip(COLUMNS, values, strict=True)
+    ]
+    return Record(doc_id, np.frombuffer(blob, np.float32), *decoded)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

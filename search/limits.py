@@ -3,7 +3,7 @@
 A request over `MAX_DOCS_PER_REQUEST` documents is refused whole (each document gets the
 error, nothing is stored); a document over a per-document limit gets an error naming the limit
 and its neighbours go through. The encoders check before any work is done, the index checks
-again before anything is stored, so every path (the Flow, `SearchService`, a caller of `Index`)
+again before anything is stored, so every path (the Flow, `SearchService`, a caller of `IndexShard`)
 gets the same rules. Each error names the constant, so an operator can find it here.
 """
 
@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-# A document's `id` (control characters are refused too, see `search.index.id_error`).
+# A document's `id` (control characters are refused too, see `search.index_shard.id_error`).
 MAX_ID_LENGTH = 512
 # Characters of a stored `text` (a caption). Queries are not refused: the text encoder cuts
 # them to the model's context length.

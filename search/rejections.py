@@ -2,7 +2,7 @@
 counters (a metric label must take few values, and error texts name ids and sizes).
 
 A pure function of the error text, which the core writes in a few fixed forms (see
-`search.limits`, `search.access`, `search.index`, `search.images`).
+`search.limits`, `search.access`, `search.index_shard`, `search.image_policy`).
 """
 
 from __future__ import annotations

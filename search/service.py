@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from finetune.artifact import TEXT_TOWER, VISION_TOWER, is_run_dir
-from search.documents import Document, Match
+from imagepairs.documents import Document, Match
 from search.encoders import ImageEncoder, TextEncoder
 from search.hnsw_store import HNSWStore
-from search.images import ImagePolicy
-from search.index import IMAGE, TEXT, Index
+from search.image_policy import ImagePolicy
+from search.index_shard import IMAGE, TEXT, IndexShard
 
 
 class SearchError(ValueError):
@@ -30,10 +30,10 @@ class SearchError(ValueError):
 class SearchService:
     """Index, search (by text or image), update, delete and status over `Document`s."""
 
-    def __init__(self, text_encoder: TextEncoder, image_encoder: ImageEncoder, index: Index):
+    def __init__(self, text_encoder: TextEncoder, image_encoder: ImageEncoder, index: IndexShard):
         self.text_encoder = text_encoder
         self.image_encoder = image_encoder
-        self.index_ = index
+        self.shard = index
 
     @classmethod
     def open(
@@ -53,7 +53,7 @@ class SearchService:
         return cls(
             TextEncoder(text, **encoder_options),
             ImageEncoder(vision, policy=policy, **encoder_options),
-            Index(HNSWStore(workspace), compatible_towers=compatible_towers),
+            IndexShard(HNSWStore(workspace), compatible_towers=compatible_towers),
         )
 
     # --- the endpoints, per document -----------------------------------------------------
@@ -61,17 +61,17 @@ class SearchService:
     def index(self, docs: list[Document]) -> list[Document]:
         """Embed and store; each document comes back with `error` None when it was stored."""
         self._embed(docs)
-        return self.index_.index(docs)
+        return self.shard.index(docs)
 
     def get(self, ids: Iterable[str]) -> list[Document]:
         """Stored fields and embedding of each id (error `unknown id` when not stored)."""
-        return self.index_.get([Document(id=i) for i in ids])
+        return self.shard.get([Document(id=i) for i in ids])
 
     def update(self, docs: list[Document], replace_tags: bool = False) -> list[Document]:
-        """Change what each document names of an existing id, and nothing else (`Index.update`:
+        """Change what each document names of an existing id, and nothing else (`IndexShard.update`:
         tags merged unless `replace_tags`; a new caption keeps an image's embedding)."""
         self._embed(docs)
-        return self.index_.update(docs, replace_tags=replace_tags)
+        return self.shard.update(docs, replace_tags=replace_tags)
 
     def search_documents(
         self, docs: list[Document], parameters: dict[str, Any] | None = None, modality=TEXT
@@ -79,19 +79,19 @@ class SearchService:
         """Set `matches` on each query document (text queries, or image queries)."""
         encoder = self.text_encoder if modality == TEXT else self.image_encoder
         encoder.embed(docs)
-        return self.index_.search(docs, parameters or {}, modality)
+        return self.shard.search(docs, parameters or {}, modality)
 
     def delete(self, ids: Iterable[str]) -> list[Document]:
-        return self.index_.delete([], ids)
+        return self.shard.delete([], ids)
 
     def status(self) -> dict[str, Any]:
-        return self.index_.status()
+        return self.shard.status()
 
     def towers_error(self) -> str | None:
         """Why this service's towers cannot serve its index (they are not the towers that
         embedded it), or None."""
         encoders = (self.text_encoder, self.image_encoder)
-        return self.index_.towers_error({e.kind: e.fingerprint for e in encoders})
+        return self.shard.towers_error({e.kind: e.fingerprint for e in encoders})
 
     # --- one query -----------------------------------------------------------------------
 
@@ -126,7 +126,7 @@ class SearchService:
         return answer.matches
 
     def close(self) -> None:
-        self.index_.close()
+        self.shard.close()
 
     def __enter__(self) -> SearchService:
         return self

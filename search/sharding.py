@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from search.documents import Document
+from imagepairs.documents import Document
 
 # Set by a shard on each document whose id another shard owns; `merge_outcomes` replaces it.
 NOT_OWNER = "not this shard's id (a sharded HNSWIndexer needs MatchMerger as uses_after)"

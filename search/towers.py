@@ -4,7 +4,7 @@ Each tower has a fingerprint (`finetune.artifact.fingerprint`: its config and we
 encoder marks every embedding it makes with `tower_id(kind, fingerprint)`, `clip-text:…` or
 `clip-vision:…`, and every document it sees for storing with its kind and fingerprint, so the
 index learns the text and vision towers of the Flow at its first write and keeps them
-(`Index.towers`). From then on an embedding made by another tower of the same kind is refused:
+(`IndexShard.towers`). From then on an embedding made by another tower of the same kind is refused:
 vectors of different towers are not comparable, however equal their dimension. An operator who
 knows that a new tower embeds into the same space (a text tower fine-tuned with the image tower
 locked) names it in `COMPATIBLE_TOWERS`. Pure functions: no I/O.

@@ -12,7 +12,7 @@ from client.api import SearchClient
 from client.wire import DELETE, INDEX, SEARCH_TEXT, UPDATE
 from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
-from executors.encoders import CLIPTextEncoder
+from executors.clip_encoders import CLIPTextEncoder
 from executors.hnsw_indexer import HNSWIndexer
 from search.access import token_error
 

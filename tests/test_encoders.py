@@ -21,7 +21,7 @@ from PIL import Image
 from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT
 from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
-from executors.encoders import CLIPImageEncoder, CLIPTextEncoder
+from executors.clip_encoders import CLIPImageEncoder, CLIPTextEncoder
 from executors.flow_env import apply_flow_env_defaults, is_unset, setting
 from finetune.artifact import read_tower_state
 from finetune.models import resolve_device
@@ -29,7 +29,7 @@ from finetune.towers import load_tower
 from imagepairs.batching import batched
 from imagepairs.images import ImageError
 from search.encoders import EMPTY_TEXT_ERROR, clip_text, resolve_dtype, torch_threads
-from search.images import ImagePolicy, path_list
+from search.image_policy import ImagePolicy, path_list
 
 RUN = BASE_MODEL_DIR
 

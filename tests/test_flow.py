@@ -36,7 +36,7 @@ from demo.served_flow import ServedFlow
 from executors.flow_env import FLOW_ENV_DEFAULTS as FLOW_ENV_VARS
 from executors.hnsw_indexer import MAYBE_ON_A_MISSING_SHARD, PARTIAL_RESULTS
 from finetune.onnx_export import export_onnx
-from search.index import IMAGE, TEXT, WRONG_MODALITY
+from search.index_shard import IMAGE, TEXT, WRONG_MODALITY
 from search.limits import request_error
 from search.sharding import (
     OWNER_DID_NOT_ANSWER,

@@ -16,7 +16,7 @@ from docarray import DocList
 from client.wire_docs import Match, SearchDoc, StatusDoc
 from demo.served_flow import ServedFlow
 from executors.hnsw_indexer import HNSWIndexer, MatchMerger
-from search.index import IMAGE, NO_CONTENT_ERROR, TEXT, WRONG_MODALITY, positive_int
+from search.index_shard import IMAGE, NO_CONTENT_ERROR, TEXT, WRONG_MODALITY, positive_int
 from search.sharding import NOT_OWNER, OWNER_DID_NOT_ANSWER, owner_shard
 
 IMAGE_TO_TEXT_SEARCH = WRONG_MODALITY[TEXT]
@@ -385,7 +385,7 @@ def test_two_shards_upsert_each_id_on_its_owner_only(two_shards):
     owned = [sum(owner_shard(i, 2) == k for i in ids) for k in range(2)]
     assert counts(two_shards) == owned and min(owned) > 0
     for k, shard in enumerate(two_shards):
-        stored = shard.index_.store.get(ids)
+        stored = shard.shard.store.get(ids)
         assert [r is not None for r in stored] == [owner_shard(i, 2) == k for i in ids]
 
     nameless = SearchDoc(embedding=x[0] + 1)

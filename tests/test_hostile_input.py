@@ -26,12 +26,12 @@ from client.wire_docs import SearchDoc
 from executors import encoders, hnsw_indexer
 from executors.gateway import EXECUTOR_CLASSES, scrubbed
 from executors.http_api import Refused, read_request, reply_body
+from imagepairs.documents import Document
 from imagepairs.images import ImageError
 from imagepairs.pairs import load_pairs
-from search.documents import Document
 from search.hnsw_store import HNSWStore, check_vector
-from search.images import ImagePolicy
-from search.index import Index
+from search.image_policy import ImagePolicy
+from search.index_shard import IndexShard
 from search.limits import MAX_ERROR_CHARS, MAX_EXACT_INT, MAX_JSON_DEPTH, short_error, tags_error
 
 DIM = 8
@@ -314,7 +314,7 @@ def test_the_store_and_the_index_keep_a_huge_embedding_as_its_direction(tmp_path
         [record] = store.get(["huge"])
         assert np.isclose(np.linalg.norm(record.embedding), 1.0)  # was all zeros
         assert store.search(huge / 1e200, limit=1)[0][0].id == "huge"
-    index = Index(HNSWStore(tmp_path / "index", dim=DIM))
+    index = IndexShard(HNSWStore(tmp_path / "index", dim=DIM))
     try:
         docs = index.index(
             [Document(id="huge", embedding=huge), Document(id="x", embedding=np.eye(DIM)[2])]
@@ -340,7 +340,7 @@ def test_the_store_and_the_index_keep_a_huge_embedding_as_its_direction(tmp_path
 def test_overflowing_search_parameters_are_each_querys_error(tmp_path, parameters, error):
     # OverflowError (limit, ef) and hnswlib's TypeError (an ef beyond a C size_t) failed the
     # request
-    index = Index(HNSWStore(tmp_path / "ws", dim=DIM))
+    index = IndexShard(HNSWStore(tmp_path / "ws", dim=DIM))
     try:
         index.index([Document(id=str(i), embedding=np.eye(DIM)[i]) for i in range(3)])
         [query] = index.search([Document(embedding=np.ones(DIM))], parameters)
@@ -353,7 +353,7 @@ def test_overflowing_search_parameters_are_each_querys_error(tmp_path, parameter
 
 def test_the_index_refuses_text_the_store_cannot_keep(tmp_path):
     # SQLite raised UnicodeEncodeError and failed the whole batch
-    index = Index(HNSWStore(tmp_path / "ws", dim=DIM))
+    index = IndexShard(HNSWStore(tmp_path / "ws", dim=DIM))
     try:
         docs = [
             Document(id="\ud800", embedding=np.eye(DIM)[0]),

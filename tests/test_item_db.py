@@ -3,12 +3,15 @@ callers' meta, all-or-nothing batches, lookups, and the format check and migrati
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import numpy as np
 import pytest
 
-from search.item_db import DB_FILE, UNRECORDED, ItemDB, Row
+from imagepairs.documents import STORED_FIELDS, Match
+from search.field_mirror import HIT_COLUMNS
+from search.item_db import COLUMNS, DB_FILE, UNRECORDED, ItemDB, Row
 
 DIM = 4
 
@@ -112,7 +115,9 @@ def test_lookups_skip_unknown_and_non_string_ids(db):
     found, vectors = db.vectors_of(np.array([2, 0, 9]))
     assert sorted(found.tolist()) == [0, 2] and vectors.shape == (2, DIM)
     assert vectors[found.tolist().index(2)].tolist() == (np.eye(DIM)[2] + 2).tolist()
-    assert sorted(db.field_rows()) == [(i, f"v{i}", None, None, "{}") for i in range(3)]
+    assert sorted(db.field_rows(("uri", "text", "tags"))) == [
+            (i, f"v{i}", None, None, "{}") for i in range(3)
+        ]
 
 
 def test_format_and_dim_are_checked_on_open(tmp_path):
@@ -142,3 +147,24 @@ def test_format_1_is_migrated(tmp_path):
         version = migrated.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
     migrated.close()
     assert sources == [("a", UNRECORDED), ("b", None)] and version == ("2",)
+
+
+def test_the_store_has_a_column_for_each_stored_field_of_the_documents():
+    assert set(COLUMNS) == set(STORED_FIELDS)
+    assert set(HIT_COLUMNS) == {f.name for f in dataclasses.fields(Match)} & set(COLUMNS)
+
+
+def test_a_stored_field_the_database_lacks_is_added_on_open_with_its_old_rows_empty(tmp_path):
+    db = ItemDB(tmp_path, DIM)
+    first = [row(db, "v0", np.eye(DIM)[0], uri="u0", text="t0")]
+    db.commit(first, first, [])
+    db.close()
+    with sqlite3.connect(tmp_path / DB_FILE) as raw:  # as a version before `text` wrote it
+        raw.execute("ALTER TABLE items DROP COLUMN text")
+    db = ItemDB(tmp_path, DIM)
+    [(_, record)] = db.fetch(["v0"]).values()
+    assert (record.uri, record.text) == ("u0", None)
+    second = [row(db, "v1", np.eye(DIM)[1], text="t1")]
+    db.commit(second, second, [])
+    assert db.fetch(["v1"])["v1"][1].text == "t1"
+    db.close()

@@ -1,4 +1,4 @@
-"""The bounds of `search.limits`, on every path that stores or searches: the core `Index`, the
+"""The bounds of `search.limits`, on every path that stores or searches: the core `IndexShard`, the
 encoders (checked before any work), and the jina indexer. Each oversized document gets an
 error naming its limit while its neighbours go through; an oversized request is refused whole.
 """
@@ -13,13 +13,13 @@ from PIL import Image
 
 from client.api import IndexItem
 from demo import BASE_MODEL_DIR
+from imagepairs.documents import Document
 from imagepairs.images import ImageError
 from search import limits
-from search.documents import Document
 from search.encoders import ImageEncoder, TextEncoder
 from search.hnsw_store import HNSWStore
-from search.images import ImagePolicy, PixelBudget
-from search.index import Index
+from search.image_policy import ImagePolicy, PixelBudget
+from search.index_shard import IndexShard
 from search.limits import (
     MAX_DOCS_PER_REQUEST,
     MAX_MATCH_TEXT_CHARS,
@@ -46,7 +46,7 @@ def png(size: tuple[int, int], colour=(200, 30, 30)) -> bytes:
 
 @pytest.fixture
 def index(tmp_path):
-    idx = Index(HNSWStore(tmp_path / "ws", dim=DIM))
+    idx = IndexShard(HNSWStore(tmp_path / "ws", dim=DIM))
     yield idx
     idx.close()
 

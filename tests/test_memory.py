@@ -25,7 +25,7 @@ KEPT_AFTER_MIB = 256
 SCRIPT = """
 import io, json, sys
 from PIL import Image
-from search.documents import Document
+from imagepairs.documents import Document
 from search.encoders import ImageEncoder
 
 def status(field):

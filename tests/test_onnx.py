@@ -10,10 +10,10 @@ import torch
 
 import finetune
 from demo import BASE_MODEL_DIR
-from finetune.api import evaluate
 from finetune.artifact import ONNX_FILE, ONNX_INT8_FILE
 from finetune.cli import main
 from finetune.evaluation import evaluate_towers
+from finetune.inference import evaluate
 from finetune.onnx_export import export_onnx
 from finetune.towers import load_tower
 from imagepairs.pairs import load_pairs

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagepairs.documents import Document
 from search.access import token_error
-from search.documents import Document
-from search.images import ImagePolicy
-from search.index import MISSING_ID, NO_CONTENT_ERROR, NO_EMBEDDING, id_error
+from search.image_policy import ImagePolicy
+from search.index_shard import MISSING_ID, NO_CONTENT_ERROR, NO_EMBEDDING, id_error
 from search.limits import document_error, request_error
 from search.rejections import (
     BAD_IMAGE,

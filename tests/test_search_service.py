@@ -17,9 +17,9 @@ from PIL import Image
 
 from demo import BASE_MODEL_DIR, REPO
 from finetune.onnx_export import export_onnx
-from search.documents import Document, Match
+from imagepairs.documents import Document, Match
 from search.hnsw_store import HNSWStore
-from search.index import Index
+from search.index_shard import IndexShard
 from search.service import SearchError, SearchService
 from search.sharding import (
     NOT_OWNER,
@@ -204,7 +204,7 @@ def test_the_core_runs_without_jina_or_docarray(tmp_path):
         f"""
         import io, sys
         from PIL import Image
-        from search.documents import Document
+        from imagepairs.documents import Document
         from search.service import SearchService
         buf = io.BytesIO(); Image.new("RGB", (32, 32), (200, 10, 10)).save(buf, "PNG")
         with SearchService.open({str(BASE_MODEL_DIR)!r}, {str(tmp_path)!r}, num_threads=1) as s:
@@ -223,7 +223,7 @@ def test_the_core_runs_without_jina_or_docarray(tmp_path):
 
 def test_shards_store_only_their_own_ids_and_answers_merge(tmp_path):
     rng = np.random.default_rng(0)
-    shards = [Index(HNSWStore(tmp_path / str(i)), shard_id=i, shards=2) for i in range(2)]
+    shards = [IndexShard(HNSWStore(tmp_path / str(i)), shard_id=i, shards=2) for i in range(2)]
     ids = [f"d{i}" for i in range(12)]
     vectors = rng.normal(size=(12, 8)).astype(np.float32)
     answers = [

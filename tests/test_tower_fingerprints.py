@@ -26,9 +26,9 @@ from demo.served_flow import ServedFlow, flow_env
 from finetune.artifact import FINGERPRINT, load_model, read_tower_config, save_towers
 from finetune.tower_ids import TEXT_TOWER, VISION_TOWER, tower_id
 from finetune.towers import load_tower, tower_from_bundle
-from search.documents import Document
+from imagepairs.documents import Document
 from search.hnsw_store import UNRECORDED, HNSWStore
-from search.index import Index
+from search.index_shard import IndexShard
 from search.towers import COMPATIBLE_SETTING, parse_compatible, tower_error, towers_error
 
 RED, BLUE, GREEN = (220, 30, 30), (30, 60, 220), (30, 170, 30)
@@ -98,7 +98,7 @@ def test_tower_errors_name_both_sides_and_the_way_on():
 
 
 def test_the_index_records_its_first_towers_and_refuses_others(tmp_path):
-    index = Index(HNSWStore(tmp_path / "ws"))
+    index = IndexShard(HNSWStore(tmp_path / "ws"))
     vec = np.ones(8, np.float32)
     assert index.towers == {}
     given = index.index([Document(id="given", embedding=vec)])  # no tower: recorded nothing
@@ -130,7 +130,7 @@ def test_the_index_records_its_first_towers_and_refuses_others(tmp_path):
     assert status["towers"] == {TEXT_TOWER: "t1", VISION_TOWER: "v1"}
     index.close()
     # on purpose: the operator names the new tower
-    index = Index(HNSWStore(tmp_path / "ws"), compatible_towers={"clip-text:t2"})
+    index = IndexShard(HNSWStore(tmp_path / "ws"), compatible_towers={"clip-text:t2"})
     [query] = index.search([Document(embedding=vec, embedded_by="clip-text:t2")], {})
     assert query.error is None and index.towers_error({TEXT_TOWER: "t2"}) is None
     assert index.towers_error({VISION_TOWER: "v2"})
@@ -163,7 +163,7 @@ def test_a_store_written_before_sources_were_recorded_is_migrated(tmp_path, png)
     )
     db.commit()
     db.close()
-    index = Index(HNSWStore(folder))
+    index = IndexShard(HNSWStore(folder))
     index.thumbnails.put([("photo", png(RED))])
     assert [r.embedded_by for r in index.store.get(["photo", "note"])] == [UNRECORDED] * 2
     new = np.array([0, 0, 1, 0], np.float32)

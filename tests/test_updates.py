@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from demo import BASE_MODEL_DIR
-from search.documents import Document
+from imagepairs.documents import Document
 from search.service import SearchService
 
 TAGS = {"gender": "Men", "article": "Tshirts", "colour": "Red", "year": 2012, "season": "Fall"}
@@ -64,7 +64,7 @@ EXPECTED_TAGS = {
 def snapshot(service: SearchService, doc_id: str) -> dict:
     [doc] = service.get([doc_id])
     assert doc.error is None
-    thumbnail = service.index_.thumbnails.get([doc_id]).get(doc_id)
+    thumbnail = service.shard.thumbnails.get([doc_id]).get(doc_id)
     return {
         "text": doc.text,
         "uri": doc.uri,

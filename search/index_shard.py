@@ -6,7 +6,7 @@ encoder) are passed through untouched, and one that arrives without an embedding
 (nothing to embed, or an image sent to text search and vice versa). Answers carry no large
 payloads (`blob`, `tensor`, `embedding`).
 
-One `Index` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
+One `IndexShard` is one shard (`shard_id` of `shards`; 1 shard owns everything): see
 `search.sharding` for how ids are routed.
 
 The index records the towers that embedded it at its first write and refuses embeddings made
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from finetune.tower_ids import TEXT_TOWER, VISION_TOWER, tower_kind
-from search.documents import Document, Match, pending, set_errors
+from imagepairs.documents import STORED_FIELDS, Document, Match, pending, set_errors
 from search.filters import FilterError, parse_filter
 from search.hnsw_store import UNRECORDED, HNSWStore, Record, check_vector
 from search.limits import (
@@ -64,7 +64,7 @@ WRONG_MODALITY = {
 }
 
 
-class Index:
+class IndexShard:
     """One shard of the durable cosine index, answering per document."""
 
     def __init__(
@@ -122,11 +122,8 @@ class Index:
             errors = self.store.upsert(
                 [d.id for d in todo],
                 [d.embedding for d in todo],
-                uri=[d.uri for d in todo],
-                text=[d.text for d in todo],
-                tags=[d.tags for d in todo],
-                embedded_by=[d.embedded_by for d in todo],
                 meta=self._towers_meta(todo),
+                **_stored_fields(todo),
             )
             set_errors(todo, errors)
             # each stored document's thumbnail, or none where it has no image now; the request
@@ -179,7 +176,7 @@ class Index:
                 results = [[]] * len(queries)
                 set_errors(queries, [str(exc)] * len(queries))
             for doc, hits in zip(queries, results, strict=True):
-                doc.matches = [Match(*hit) for hit in hits]
+                doc.matches = [Match(**hit._asdict()) for hit in hits]
                 for match in doc.matches:
                     match.text = bounded_text(match.text)
             if thumbnails is True:
@@ -196,8 +193,9 @@ class Index:
             if record is None:
                 doc.error = UNKNOWN_ID
             else:
-                doc.embedding, doc.uri, doc.text, doc.tags = record[1:5]
-                doc.embedded_by = record.embedded_by
+                doc.embedding = record.embedding
+                for name in STORED_FIELDS:
+                    setattr(doc, name, getattr(record, name))
         return docs
 
     def delete(self, docs: list[Document], ids: Iterable[Any] = ()) -> list[Document]:
@@ -246,11 +244,8 @@ class Index:
             errors = self.store.update(
                 [d.id for d in ready],
                 embeddings=embeddings,
-                uri=[d.uri for d in ready],
-                text=[d.text for d in ready],
-                tags=tags,
-                embedded_by=[d.embedded_by for d in ready],
                 meta=self._towers_meta(ready),
+                **{**_stored_fields(ready), "tags": tags},
             )
             set_errors(ready, errors)
             reembedded = zip(ready, embeddings, strict=True)
@@ -363,6 +358,11 @@ def merged_tags(
         else:
             merged[key] = value
     return merged
+
+
+def _stored_fields(docs: list[Document]) -> dict[str, list[Any]]:
+    """The documents' values of each stored field, as the store takes them."""
+    return {name: [getattr(d, name) for d in docs] for name in STORED_FIELDS}
 
 
 def _reembeds(doc: Document, stored: Record, has_thumbnail: bool) -> bool:

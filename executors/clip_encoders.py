@@ -21,12 +21,12 @@ from client.wire import HEALTH, INDEX, SEARCH_IMAGE, SEARCH_TEXT, UPDATE
 from client.wire_docs import SearchDoc, StatusDoc
 from executors import health
 from executors.base import ServiceExecutor
-from executors.documents import refused_without_token, to_core, to_wire
 from executors.flow_env import FLOW_ENV_DEFAULTS, setting
-from executors.metrics import ServiceMetrics
+from executors.service_metrics import ServiceMetrics
+from executors.wire_conversion import refused_without_token, to_core, to_wire
 from imagepairs.images import MAX_IMAGE_PIXELS
 from search.encoders import DEFAULT_MINIBATCH, ImageEncoder, TextEncoder, torch_threads
-from search.images import DEFAULT_MAX_BYTES, ImagePolicy, path_list
+from search.image_policy import DEFAULT_MAX_BYTES, ImagePolicy, path_list
 
 
 class _EncoderExecutor(ServiceExecutor):

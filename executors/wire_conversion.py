@@ -2,34 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 from docarray import DocList
 
 from client.wire_docs import Match as WireMatch
 from client.wire_docs import SearchDoc
-from executors.metrics import ServiceMetrics
+from executors.service_metrics import ServiceMetrics
+from imagepairs.documents import Document, Match
 from search.access import token_error
-from search.documents import Document, Match
 
 
 def to_core(docs: DocList[SearchDoc]) -> list[Document]:
     return [
         Document(
             id=d.id,
-            text=d.text,
-            uri=d.uri,
-            blob=d.blob,
-            tensor=None if d.tensor is None else np.asarray(d.tensor),
-            embedding=None if d.embedding is None else np.asarray(d.embedding),
-            tags=dict(d.tags or {}),
-            thumbnail=d.thumbnail,
-            embedded_by=d.embedded_by,
-            towers=dict(d.towers or {}),
-            error=d.error,
-            matches=[
-                Match(m.id, m.score, m.uri, m.text, dict(m.tags or {}), m.thumbnail)
-                for m in d.matches
-            ],
+            **_core_fields(d, _FIELDS),
+            matches=[Match(id=m.id, **_core_fields(m, _MATCH_FIELDS)) for m in d.matches],
         )
         for d in docs
     ]
@@ -40,16 +31,7 @@ def to_wire(docs: list[Document]) -> DocList[SearchDoc]:
         [
             SearchDoc(
                 id=d.id,
-                text=d.text,
-                uri=d.uri,
-                blob=d.blob,
-                tensor=d.tensor,
-                embedding=d.embedding,
-                tags=d.tags,
-                thumbnail=d.thumbnail,
-                embedded_by=d.embedded_by,
-                towers=d.towers,
-                error=d.error,
+                **{f.name: getattr(d, f.name) for f in _FIELDS},
                 matches=DocList[WireMatch]([wire_match(m) for m in d.matches]),
             )
             for d in docs
@@ -58,14 +40,28 @@ def to_wire(docs: list[Document]) -> DocList[SearchDoc]:
 
 
 def wire_match(match: Match) -> WireMatch:
-    return WireMatch(
-        id=match.id,
-        score=match.score,
-        uri=match.uri,
-        text=match.text,
-        tags=match.tags,
-        thumbnail=match.thumbnail,
-    )
+    return WireMatch(id=match.id, **{f.name: getattr(match, f.name) for f in _MATCH_FIELDS})
+
+
+# The fields converted one by one (`id` and `matches` apart): arrays become numpy arrays,
+# objects plain dicts, and a missing one its default.
+_FIELDS = [f for f in dataclasses.fields(Document) if f.name not in ("id", "matches")]
+_MATCH_FIELDS = [f for f in dataclasses.fields(Match) if f.name != "id"]
+_ARRAYS = {"tensor", "embedding"}
+
+
+def _core_fields(doc: Any, fields: list[dataclasses.Field]) -> dict[str, Any]:
+    out = {}
+    for f in fields:
+        value = getattr(doc, f.name)
+        if value is None and f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        elif f.name in _ARRAYS and value is not None:
+            value = np.asarray(value)
+        elif isinstance(value, dict):
+            value = dict(value)
+        out[f.name] = value
+    return out
 
 
 def refused_without_token(
