@@ -13,12 +13,11 @@ import sys
 
 import pytest
 from PIL import Image
-from test_flow import flow_env
 
 from client.api import ClientError, IndexItem, SearchClient, images_to_index
 from client.cli import main
-from demo import BASE_MODEL_DIR, REPO
-from demo.served_flow import ServedFlow, free_port
+from demo import REPO
+from demo.served_flow import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -39,11 +38,8 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def flow(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("client-flow")
-    served = ServedFlow("flow.yml", flow_env(BASE_MODEL_DIR, tmp / "ws", tmp), tmp / "log")
-    yield served.start()
-    served.stop()
+def flow(start_flow):
+    return start_flow("client-flow")
 
 
 @pytest.fixture(params=["grpc", "http"])

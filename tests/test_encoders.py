@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from docarray import DocList
+from helpers import png
 from PIL import Image
 
 from client.wire import HEALTH, SEARCH_IMAGE, SEARCH_TEXT
@@ -32,12 +33,6 @@ from search.encoders import EMPTY_TEXT_ERROR, clip_text, resolve_dtype, torch_th
 from search.image_policy import ImagePolicy, path_list
 
 RUN = BASE_MODEL_DIR
-
-
-def png(colour=(200, 30, 30), size=(48, 40)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:

@@ -11,7 +11,6 @@ and replicated flow.scaled.yml must answer like the plain one. Tests run in file
 from __future__ import annotations
 
 import base64
-import csv
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ import pytest
 import requests
 import tomllib
 from docarray import DocList
-from PIL import Image, ImageDraw
+from helpers import captions
 
 from client.api import MAX_DOCS, IndexItem, SearchClient
 from client.grpc_transport import GrpcTransport
@@ -45,48 +44,7 @@ from search.sharding import (
     owner_shard,
 )
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 30),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 20),
-    "purple": (140, 40, 170),
-    "orange": (250, 140, 20),
-    "black": (10, 10, 10),
-    "white": (255, 255, 255),
-}
-
-
-def flow_env(run_dir: Path, workspace: Path, image_root: Path) -> dict[str, str]:
-    # 2 shared cores: one torch thread per encoder avoids thrashing
-    return served_flow.flow_env(run_dir, workspace, image_root, torch_threads=1)
-
-
-# --- data, model, Flow ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory) -> Path:
-    """16 images (8 colours x square/circle) and a pairs.csv with one caption each."""
-    root = tmp_path_factory.mktemp("shapes")
-    (root / "images").mkdir()
-    rows = []
-    for colour, rgb in COLOURS.items():
-        for shape in ("square", "circle"):
-            img = Image.new("RGB", (96, 96), (128, 128, 128))
-            draw = ImageDraw.Draw(img)
-            (draw.rectangle if shape == "square" else draw.ellipse)([16, 16, 80, 80], fill=rgb)
-            img.save(root / "images" / f"{colour}_{shape}.png")
-            rows.append((f"a {colour} {shape}", f"images/{colour}_{shape}.png"))
-    with open(root / "pairs.csv", "w", newline="") as f:
-        csv.writer(f).writerows([("caption", "image"), *rows])
-    return root
-
-
-def captions(shapes: Path) -> dict[str, str]:
-    """image id (path relative to the images folder) -> caption."""
-    with open(shapes / "pairs.csv", newline="") as f:
-        return {Path(image).name: caption for caption, image in list(csv.reader(f))[1:]}
+# --- data, model, Flow (the 16 shapes: conftest's `shapes`) -------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -117,15 +75,9 @@ def trained_run(shapes, tmp_path_factory) -> Path:
     return run.output
 
 
-def serve(yml: str, trained_run: Path, shapes: Path, tmp: Path):
-    served = ServedFlow(yml, flow_env(trained_run, tmp / "ws", shapes / "images"), tmp / "log")
-    yield served.start()
-    served.stop()
-
-
 @pytest.fixture(scope="module")
-def flow(trained_run, shapes, tmp_path_factory):
-    yield from serve("flow.yml", trained_run, shapes, tmp_path_factory.mktemp("plain"))
+def flow(trained_run, shapes, start_flow):
+    return start_flow("plain", run_dir=trained_run, image_root=shapes / "images")
 
 
 def grpc_client(url: str):
@@ -379,8 +331,10 @@ def test_kill_9_mid_indexing_loses_nothing_acknowledged(flow, shapes):
 
 
 @pytest.fixture(scope="module")
-def scaled(trained_run, shapes, tmp_path_factory):
-    yield from serve("flow.scaled.yml", trained_run, shapes, tmp_path_factory.mktemp("scaled"))
+def scaled(trained_run, shapes, start_flow):
+    return start_flow(
+        "scaled", "flow.scaled.yml", run_dir=trained_run, image_root=shapes / "images"
+    )
 
 
 @pytest.mark.slow

@@ -19,13 +19,11 @@ from docarray import DocList
 from hostile import PARAMETERS, Raw, body, deep, deep_object, documents, python_value
 from hypothesis import event, given, settings
 from jsonschema import Draft202012Validator
-from test_flow import flow_env
 
 from client.api import ClientError, SearchClient
 from client.grpc_transport import GatewayError, GrpcTransport, _request
 from client.wire_docs import SearchDoc
 from demo import BASE_MODEL_DIR
-from demo.served_flow import ServedFlow
 from search.limits import MAX_DOCS_PER_REQUEST
 
 pytestmark = pytest.mark.slow
@@ -40,13 +38,11 @@ GOOD_IDS = (f"good-fuzz-{n}" for n in itertools.count())
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hostile")
-    (tmp / "images" / "folder").mkdir(parents=True)
-    env = flow_env(BASE_MODEL_DIR, tmp / "ws", tmp / "images")
-    env["API_TOKEN"] = TOKEN
-    flow = ServedFlow("flow.yml", env, tmp / "log")
-    yield flow.start()
+def served(start_flow, tmp_path_factory):
+    images = tmp_path_factory.mktemp("hostile-images")
+    (images / "folder").mkdir()
+    flow = start_flow("hostile", image_root=images, API_TOKEN=TOKEN)
+    yield flow
     flow.kill()  # the last test killed its indexer: jina's stop would wait for it
 
 

@@ -16,12 +16,9 @@ import numpy as np
 import pytest
 import requests
 from docarray import DocList
-from test_flow import flow_env
 
 from client.api import ClientError, SearchClient
 from client.wire_docs import SearchDoc
-from demo import BASE_MODEL_DIR
-from demo.served_flow import ServedFlow
 from executors.gateway import deployments_at
 from executors.http_api import FlowReply, Refused, failure_status, read_request, reply_body
 from search.access import TOKEN_PARAMETER
@@ -143,13 +140,8 @@ def test_a_failed_request_says_whether_part_of_the_flow_is_down():
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("http")
-    env = flow_env(BASE_MODEL_DIR, tmp / "ws", tmp)
-    env["API_TOKEN"] = TOKEN
-    flow = ServedFlow("flow.yml", env, tmp / "log")
-    yield flow.start()
-    flow.stop()
+def served(start_flow):
+    return start_flow("http", API_TOKEN=TOKEN)
 
 
 def post(url: str, payload, token: str | None = None, **kwargs) -> requests.Response:

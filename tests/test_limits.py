@@ -5,11 +5,9 @@ error naming its limit while its neighbours go through; an oversized request is 
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import png
 
 from client.api import IndexItem
 from demo import BASE_MODEL_DIR
@@ -36,12 +34,6 @@ DIM = 4
 
 def vec(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=DIM).astype(np.float32)
-
-
-def png(size: tuple[int, int], colour=(200, 30, 30)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture
@@ -135,9 +127,9 @@ def test_encoders_check_the_limits_before_any_work(text_encoder):
 def test_the_pixel_budget_refuses_images_before_decoding_them():
     policy = ImagePolicy.create()
     budget = PixelBudget(100 * 100 + 50 * 50)
-    assert policy.load(Document(blob=png((100, 100))), budget).size == (100, 100)
+    assert policy.load(Document(blob=png(size=(100, 100))), budget).size == (100, 100)
     with pytest.raises(ImageError, match="MAX_REQUEST_PIXELS"):
-        policy.load(Document(blob=png((60, 60))), budget)
+        policy.load(Document(blob=png(size=(60, 60))), budget)
     assert budget.left == 50 * 50  # a refused image spends nothing
     policy.load(Document(tensor=np.zeros((50, 50, 3), np.uint8)), budget)
     assert budget.left == 0
@@ -149,19 +141,19 @@ def test_the_pixel_budget_refuses_images_before_decoding_them():
 def test_the_image_encoder_spends_one_budget_per_request():
     budget = 3 * 200 * 200 + 20 * 20
     encoder = ImageEncoder(BASE_MODEL_DIR / "clip-vision", num_threads=1, max_request_pixels=budget)
-    docs = [Document(blob=png((200, 200), (i * 40, 0, 0))) for i in range(5)]
-    docs.insert(4, Document(blob=png((20, 20))))  # still fits after the 4th image did not
+    docs = [Document(blob=png((i * 40, 0, 0), (200, 200))) for i in range(5)]
+    docs.insert(4, Document(blob=png(size=(20, 20))))  # still fits after the 4th image did not
     assert encoder.embed(docs, indexing=True) == 2
     assert [d.embedding is not None for d in docs] == [True, True, True, False, True, False]
     assert "MAX_REQUEST_PIXELS" in docs[3].error and "MAX_REQUEST_PIXELS" in docs[5].error
-    assert encoder.embed([Document(blob=png((200, 200)))]) == 0  # a new request, a new budget
+    assert encoder.embed([Document(blob=png(size=(200, 200)))]) == 0  # a new request, a new budget
 
 
 def test_held_images_are_encoded_early_and_embed_as_in_one_batch(monkeypatch):
     import search.encoders as encoders
 
     encoder = ImageEncoder(BASE_MODEL_DIR / "clip-vision", num_threads=1, minibatch_size=8)
-    images = [png((120, 90), (i * 30, 90, 200 - i * 20)) for i in range(6)]
+    images = [png((i * 30, 90, 200 - i * 20), (120, 90)) for i in range(6)]
     whole = [Document(blob=b) for b in images]
     encoder.embed(whole)
     monkeypatch.setattr(encoders, "MAX_HELD_PIXELS", 2 * 120 * 90)  # a flush every 2 images

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 import requests
+from helpers import flow_env
 from prometheus_client.parser import text_string_to_metric_families
-from test_flow import flow_env
 
 from client.api import SearchClient
 from demo import BASE_MODEL_DIR
@@ -22,20 +22,14 @@ TOKEN = "metrics-test-token"
 
 
 @pytest.fixture(scope="module")
-def monitored(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("monitored")
-    env = flow_env(BASE_MODEL_DIR, tmp / "ws", tmp)
+def monitored(start_flow):
     ports = {name: free_port() for name in PORTS}
-    env.update({"MONITORING": "true", "API_TOKEN": TOKEN})
-    env.update(
-        {
-            f"{name}_METRICS_PORT{'' if name == 'GATEWAY' else 'S'}": str(port)
-            for name, port in ports.items()
-        }
-    )
-    served = ServedFlow("flow.yml", env, tmp / "log")
-    yield served.start(), ports
-    served.stop()
+    metrics = {
+        f"{name}_METRICS_PORT{'' if name == 'GATEWAY' else 'S'}": str(port)
+        for name, port in ports.items()
+    }
+    served = start_flow("monitored", MONITORING="true", API_TOKEN=TOKEN, **metrics)
+    return served, ports
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import png
 
 from imagepairs.documents import Document
 from search.access import token_error
@@ -34,12 +32,6 @@ def image_error(doc: Document, **policy) -> str:
     return str(error.value)
 
 
-def png(width: int, height: int) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (width, height)).save(out, "PNG")
-    return out.getvalue()
-
-
 def test_each_error_the_core_writes_has_its_reason(tmp_path):
     errors = {
         token_error("secret", {}, "/index"): UNAUTHORIZED,
@@ -62,8 +54,8 @@ def test_each_error_the_core_writes_has_its_reason(tmp_path):
         image_error(Document(uri=str(tmp_path / "a.jpg"))): BAD_IMAGE,
         image_error(Document(uri="a.jpg"), allowed_roots=[str(tmp_path)]): BAD_IMAGE,
         image_error(Document(uri="."), allowed_roots=[str(tmp_path)]): BAD_IMAGE,
-        image_error(Document(blob=png(64, 64)), max_bytes=10): OVER_LIMIT,
-        image_error(Document(blob=png(3000, 3000)), max_pixels=1000): OVER_LIMIT,
+        image_error(Document(blob=png((0, 0, 0), (64, 64))), max_bytes=10): OVER_LIMIT,
+        image_error(Document(blob=png((0, 0, 0), (3000, 3000))), max_pixels=1000): OVER_LIMIT,
         image_error(Document(tensor=np.zeros((4, 4, 3), dtype=np.float32))): BAD_IMAGE,
         "something nobody wrote": OTHER,
     }

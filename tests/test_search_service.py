@@ -13,6 +13,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers import png
 from PIL import Image
 
 from demo import BASE_MODEL_DIR, REPO
@@ -30,13 +31,6 @@ from search.sharding import (
     merge_status,
     owner_shard,
 )
-
-
-def png(colour: tuple[int, int, int], size: tuple[int, int] = (40, 32)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, colour).save(buf, "PNG")
-    return buf.getvalue()
-
 
 COLOURS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
 

@@ -4,8 +4,8 @@ driven by selenium, the app served by uvicorn on a free 127.0.0.1 port.
 The page's own logic (filter controls built from the index's tag summaries, the filter they
 send, empty-index and no-result messages, an unreachable Flow) runs against a stand-in client;
 the searches run against a real Flow (flow.yml on the committed base model) holding the 16
-generated shapes of test_flow.py, indexed with tags. The base model was never trained on the
-shapes' captions, so each caption is a held-out query for it.
+generated shapes (conftest.py's `shapes`), indexed with tags. The base model was never trained
+on the shapes' captions, so each caption is a held-out query for it.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 import requests
-from test_flow import captions, flow_env, shapes  # noqa: F401 (shapes: a fixture, reused)
+from helpers import captions
 
 from client.api import Hit, SearchClient
 from client.cli import build_parser
 from client.ui import MAX_UPLOAD_BYTES, create_app
-from demo import BASE_MODEL_DIR, REPO
-from demo.served_flow import ServedFlow, free_port
+from demo import REPO
+from demo.served_flow import free_port
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -260,27 +260,22 @@ def tags_of(index: int, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def flow(shapes, tmp_path_factory):  # noqa: F811 (shapes: the fixture imported above)
+def flow(shapes, start_flow):
     """flow.yml on the base model's towers with the 16 shapes indexed, tags and all."""
-    tmp = tmp_path_factory.mktemp("ui-flow")
-    env = flow_env(BASE_MODEL_DIR, tmp / "ws", shapes / "images")
-    served = ServedFlow("flow.yml", env, tmp / "log").start()
-    try:
-        docs = [
-            {
-                "id": name,
-                "blob": (shapes / "images" / name).read_bytes(),
-                "text": caption,
-                "tags": tags_of(i, name),
-            }
-            for i, (name, caption) in enumerate(sorted(captions(shapes).items()))
-        ]
-        with SearchClient(served.grpc) as client:
-            answers = client.post("/index", docs)
-        assert [a.get("error") for a in answers] == [None] * len(docs)
-        yield served
-    finally:
-        served.stop()
+    served = start_flow("ui-flow", image_root=shapes / "images")
+    docs = [
+        {
+            "id": name,
+            "blob": (shapes / "images" / name).read_bytes(),
+            "text": caption,
+            "tags": tags_of(i, name),
+        }
+        for i, (name, caption) in enumerate(sorted(captions(shapes).items()))
+    ]
+    with SearchClient(served.grpc) as client:
+        answers = client.post("/index", docs)
+    assert [a.get("error") for a in answers] == [None] * len(docs)
+    return served
 
 
 @pytest.fixture(scope="module")
@@ -296,7 +291,7 @@ def loaded(browser, page):
 
 
 @pytest.mark.slow
-def test_a_caption_finds_its_image_in_the_grid(loaded, shapes):  # noqa: F811
+def test_a_caption_finds_its_image_in_the_grid(loaded, shapes):
     assert "16 images indexed" in loaded.find_element("id", "count").text
     text_search(loaded, "a blue circle")
     ids = grid_ids(loaded)
@@ -314,7 +309,7 @@ def test_a_caption_finds_its_image_in_the_grid(loaded, shapes):  # noqa: F811
 
 
 @pytest.mark.slow
-def test_an_uploaded_image_comes_back_first(loaded, shapes):  # noqa: F811
+def test_an_uploaded_image_comes_back_first(loaded, shapes):
     path = shapes / "images" / "green_square.png"
     query(loaded, lambda: loaded.find_element("id", "image").send_keys(str(path)))
     ids = grid_ids(loaded)
@@ -369,7 +364,7 @@ def test_bad_filters_and_non_images_are_errors_and_the_page_still_works(
     loaded,
     page,
     tmp_path,
-    shapes,  # noqa: F811
+    shapes,
 ):
     text_search(loaded, "a red square")
     set_json_filter(loaded, '{"price": {"$between": [1, 2]}}')
