@@ -116,8 +116,8 @@ def test_lookups_skip_unknown_and_non_string_ids(db):
     assert sorted(found.tolist()) == [0, 2] and vectors.shape == (2, DIM)
     assert vectors[found.tolist().index(2)].tolist() == (np.eye(DIM)[2] + 2).tolist()
     assert sorted(db.field_rows(("uri", "text", "tags"))) == [
-            (i, f"v{i}", None, None, "{}") for i in range(3)
-        ]
+        (i, f"v{i}", None, None, "{}") for i in range(3)
+    ]
 
 
 def test_format_and_dim_are_checked_on_open(tmp_path):

@@ -12,13 +12,12 @@ flow.scaled.yml:
 
 from __future__ import annotations
 
-import io
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from PIL import Image
+from helpers import png
 
 from client.api import ClientError, SearchClient
 from demo import BASE_MODEL_DIR
@@ -27,12 +26,6 @@ from finetune.artifact import FINGERPRINT, load_model, read_tower_config, save_t
 from finetune.tower_ids import TEXT_TOWER, VISION_TOWER, tower_id
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 30)}
-
-
-def png(colour: tuple[int, int, int]) -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (48, 40), colour).save(out, "PNG")
-    return out.getvalue()
 
 
 def other_towers(folder: Path) -> Path:
