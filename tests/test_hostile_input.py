@@ -23,7 +23,7 @@ from client.api import MAX_JSON_DEPTH as CLIENT_MAX_JSON_DEPTH
 from client.api import ClientError, IndexItem, SearchClient
 from client.wire import MAX_EXACT_INT as WIRE_MAX_EXACT_INT
 from client.wire_docs import SearchDoc
-from executors import encoders, hnsw_indexer
+from executors import clip_encoders, hnsw_indexer
 from executors.gateway import EXECUTOR_CLASSES, scrubbed
 from executors.http_api import Refused, read_request, reply_body
 from imagepairs.documents import Document
@@ -186,7 +186,7 @@ def test_a_parameter_named_after_an_executor_must_be_an_object():
     # the executors take their class's name too: the gateway knows them all
     classes = {
         name
-        for module in (encoders, hnsw_indexer)
+        for module in (clip_encoders, hnsw_indexer)
         for name, value in vars(module).items()
         if isinstance(value, type)
         and issubclass(value, Executor)
