@@ -73,23 +73,25 @@ def _array(value: Any) -> Any:
     )
 
 
-def _wire_type(annotation: Any) -> Any:
-    """A field's type on the wire: an array is an `Array`, a list of `Match`es a list of
-    `MatchFields`."""
-    if annotation is np.ndarray:
-        return Array
+def replaced_type(annotation: Any, types: dict[Any, Any]) -> Any:
+    """`annotation` with each type that is a key of `types` replaced by its value, also inside
+    a union and as a list's item type (unless the list type itself is a key)."""
     origin, args = get_origin(annotation), get_args(annotation)
     if origin in (Union, UnionType):
-        return Union[tuple(_wire_type(arg) for arg in args)]  # noqa: UP007
-    if origin is list and args == (Match,):
-        return list[MatchFields]
-    return annotation
+        return Union[tuple(replaced_type(arg, types) for arg in args)]  # noqa: UP007
+    if origin is list and args[0] in types and annotation not in types:
+        return list[types[args[0]]]
+    return types.get(annotation, annotation)
 
 
-def _fields_model(name: str, shape: type) -> type[BaseModel]:
+def _fields_model(
+    name: str, shape: type, nested: dict[type, type[BaseModel]] | None = None
+) -> type[BaseModel]:
     """The pydantic model of a document of `imagepairs.documents` as it travels: its fields
-    but `id` (docarray's documents bring their own), their types on the wire, defaults and
-    descriptions, and its docstring."""
+    but `id` (docarray's documents bring their own), their types on the wire (an array an
+    `Array`, a nested document its model in `nested`), defaults and descriptions, and its
+    docstring."""
+    wire_types = {np.ndarray: Array, **(nested or {})}
     hints = get_type_hints(shape)
     definitions: dict[str, Any] = {}
     for f in dataclasses.fields(shape):
@@ -109,12 +111,12 @@ def _fields_model(name: str, shape: type) -> type[BaseModel]:
             )
         else:
             info = Field(default=f.default, description=about)
-        definitions[f.name] = (_wire_type(hints[f.name]), info)
+        definitions[f.name] = (replaced_type(hints[f.name], wire_types), info)
     return create_model(name, __module__=__name__, __doc__=shape.__doc__, **definitions)
 
 
 MatchFields = _fields_model("MatchFields", Match)
-SearchFields = _fields_model("SearchFields", Document)
+SearchFields = _fields_model("SearchFields", Document, {Match: MatchFields})
 
 
 class StatusFields(BaseModel):

@@ -7,15 +7,14 @@ without: it checks documents against the plain fields instead.
 
 # No `from __future__ import annotations` here: jina builds the gateway's schema from these
 # classes at start-up and needs real (not string) annotations.
-from types import UnionType
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
 from docarray import BaseDoc, DocList
 from docarray.typing import NdArray
 from pydantic import BaseModel, create_model
 from pydantic.fields import FieldInfo
 
-from client.wire import Array, MatchFields, SearchFields, StatusFields
+from client.wire import Array, MatchFields, SearchFields, StatusFields, replaced_type
 
 
 def _document(
@@ -27,6 +26,8 @@ def _document(
     definitions: dict[str, Any] = {}
     for field, info in fields.model_fields.items():
         annotation = _docarray_type(info.annotation, nested)
+        # a copy: create_model sets its annotation, which would change the plain model's field
+        info = FieldInfo.merge_field_infos(info)
         if info.default_factory is list:  # a DocList's empty default is an empty DocList
             info = FieldInfo.merge_field_infos(info, default_factory=annotation)
         definitions[field] = (annotation, info)
@@ -36,14 +37,9 @@ def _document(
 
 
 def _docarray_type(annotation: Any, nested: dict[type[BaseModel], type[BaseDoc]]) -> Any:
-    if annotation is Array:
-        return NdArray
-    origin, args = get_origin(annotation), get_args(annotation)
-    if origin in (Union, UnionType):
-        return Union[tuple(_docarray_type(arg, nested) for arg in args)]  # noqa: UP007
-    if origin is list and args[0] in nested:
-        return DocList[nested[args[0]]]
-    return annotation
+    """An `Array` is an `NdArray`, a list of plain documents a `DocList` of theirs."""
+    lists = {list[plain]: DocList[doc] for plain, doc in nested.items()}
+    return replaced_type(annotation, {Array: NdArray, **lists})
 
 
 Match = _document("Match", MatchFields, {})
